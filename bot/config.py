@@ -1,0 +1,84 @@
+"""Every setting the bot reads, from the environment and `.env`.
+
+The settings object is built once in `bot.__main__` and passed down; nothing builds it at import time.
+Secrets are `SecretStr` so that they never show up in a repr, a log line or an exception.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Period = Literal["day", "week", "month", "unlimited"]
+
+DEFAULT_GATEWAY_BASE_URL = "https://factchat-cloud.mindlogic.ai/v1/gateway"
+
+
+class Settings(BaseSettings):
+    """The bot's configuration. Field names map to upper-case environment variables."""
+
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Secrets and endpoints
+    discord_token: SecretStr
+    gateway_api_key: SecretStr
+    gateway_base_url: str = DEFAULT_GATEWAY_BASE_URL
+    database_url: str = "sqlite:///data/imagine-bot.db"
+
+    # Discord
+    dev_guild_id: int | None = None
+    sync_commands: Literal["auto", "always", "never"] = "auto"
+
+    # Catalog and defaults
+    model_catalog_path: Path | None = None
+    default_model: str = "gemini-2.5-flash-image"
+    max_prompt_length: int = Field(default=1500, ge=1, le=6000)
+    default_allowance: int = Field(default=500, ge=0)
+    default_allowance_period: Period = "month"
+    quote_threshold: int = Field(default=100, ge=0)
+
+    # Gateway client
+    gateway_request_timeout: float = Field(default=120.0, gt=0)
+    poll_deadline_seconds: float = Field(default=600.0, gt=0)
+    poll_default_expected_seconds: float = Field(default=20.0, gt=0)
+    poll_min_interval: float = Field(default=0.25, gt=0)
+    poll_max_interval: float = Field(default=10.0, gt=0)
+    poll_history_size: int = Field(default=20, ge=1)
+    download_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    allow_loopback_http: bool = False
+
+    # Jobs
+    progress_edit_interval: float = Field(default=2.0, ge=0)
+    max_jobs_per_member: int = Field(default=2, ge=1)
+    max_jobs_per_guild: int = Field(default=8, ge=1)
+    max_jobs_global: int = Field(default=16, ge=1)
+    shutdown_grace_seconds: float = Field(default=8.0, ge=0)
+
+    # Operations
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    health_port: int | None = None
+
+    @field_validator("gateway_base_url")
+    @classmethod
+    def _strip_trailing_slash(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value.startswith(("sqlite:///", "sqlite+memory:")):
+            raise ValueError("only sqlite:///<path> is supported in this version")
+        return value
+
+    @field_validator("discord_token", "gateway_api_key")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value

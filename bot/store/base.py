@@ -1,0 +1,216 @@
+"""The store interface. The ledger and the job code use only this; SQL lives only in implementations.
+
+SQLite (`bot.store.sqlite`) is the embedded default. A PostgreSQL store for several bot processes will
+implement the same interface, so every method that moves credits is one atomic operation here, never a
+read in one call and a write in the next.
+
+Times are epoch seconds (float, UTC). Every method is safe to call from many tasks at once.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any
+
+from bot.store.records import (
+    Allowance,
+    AuditEntry,
+    BlockedTerm,
+    EntryKind,
+    GuildPolicy,
+    HoldLimits,
+    JobRecord,
+    JobStatus,
+    LedgerEntry,
+    MemberTotals,
+    NewJob,
+)
+
+
+class Store(ABC):
+    """Persistence for jobs, the credit ledger, server policy, audit and small bot state."""
+
+    # --- lifetime ----------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations (all in one transaction)."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close the connection; pending writes are committed or rolled back, never half-done."""
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # --- small bot state (command-sync hash, ...) --------------------------------------------------------
+
+    @abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    async def set_meta(self, key: str, value: str) -> None: ...
+
+    # --- credits: holds tied to jobs ---------------------------------------------------------------------
+
+    @abstractmethod
+    async def create_job_with_hold(self, job: NewJob, limits: HoldLimits, *, now: float) -> JobRecord:
+        """Insert `job` as QUEUED and hold `job.hold_amount` credits for it, atomically.
+
+        In one transaction: the member's available credits (limits.allowance + granted − captured since
+        limits.period_start − all active holds) must cover the hold, unless the allowance is unlimited;
+        and the server's spend (captured since limits.budget_period_start + active holds) plus the hold
+        must stay within limits.budget, when there is one. Raises `InsufficientCreditsError(needed,
+        available)` or `BudgetExhaustedError(needed, remaining)` and writes nothing when either fails.
+        Concurrent calls can never overspend.
+        """
+
+    @abstractmethod
+    async def finish_job(
+        self,
+        job_id: str,
+        status: JobStatus,
+        *,
+        delivered_count: int = 0,
+        error_key: str | None = None,
+        error_detail: str | None = None,
+        now: float,
+    ) -> JobRecord | None:
+        """Move a job to a terminal status and settle its hold, exactly once, in one transaction.
+
+        DELIVERED captures `delivered_count × price` and releases the rest; FAILED and CANCELLED release
+        it all. Returns the updated record, or None when the job was already terminal (a second call is
+        a no-op: nothing is captured or released twice).
+        """
+
+    @abstractmethod
+    async def member_totals(self, guild_id: int, user_id: int, period_start: float) -> MemberTotals:
+        """A member's grants and captures since `period_start`, and all their active holds."""
+
+    @abstractmethod
+    async def server_spend(self, guild_id: int, period_start: float) -> int:
+        """The server's captured credits since `period_start` plus its active holds."""
+
+    @abstractmethod
+    async def add_adjustment(
+        self,
+        guild_id: int,
+        user_id: int,
+        kind: EntryKind,
+        amount: int,
+        *,
+        actor_id: int,
+        reason: str,
+        now: float,
+    ) -> LedgerEntry:
+        """Record an admin's GRANT or DEDUCT (and its audit entry) in one transaction."""
+
+    @abstractmethod
+    async def ledger_entries(
+        self, guild_id: int, start: float, end: float, *, user_id: int | None = None
+    ) -> list[LedgerEntry]:
+        """Ledger lines of a server (or one member) with start <= created_at < end, oldest first."""
+
+    @abstractmethod
+    async def usage_by_model(self, guild_id: int, start: float, *, user_id: int | None = None) -> dict[str, int]:
+        """Captured credits since `start` per model."""
+
+    @abstractmethod
+    async def top_spenders(self, guild_id: int, start: float, limit: int) -> list[tuple[int, int]]:
+        """(user_id, captured credits) since `start`, largest first."""
+
+    # --- jobs --------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abstractmethod
+    async def update_job(
+        self, job_id: str, *, expect: Sequence[JobStatus] | None = None, **fields: Any
+    ) -> JobRecord | None:
+        """Set `fields` on a non-terminal job, only if its status is in `expect` (when given).
+
+        Returns the updated record, or None when the job is missing, terminal or not in `expect`. This is
+        the compare-and-set that keeps two runners (or a runner and a cancel) from both acting on a job.
+        Terminal statuses go through `finish_job`, never here.
+        """
+
+    @abstractmethod
+    async def active_jobs(self) -> list[JobRecord]:
+        """Every job not yet terminal, oldest first (recovery and the scheduler read this)."""
+
+    @abstractmethod
+    async def recent_jobs(self, guild_id: int, user_id: int, limit: int) -> list[JobRecord]:
+        """A member's latest jobs in a server, newest first."""
+
+    # --- adaptive polling history ------------------------------------------------------------------------
+
+    @abstractmethod
+    async def record_duration(self, model: str, seconds: float, *, now: float) -> None:
+        """Remember how long an async job of `model` took from submit to completion."""
+
+    @abstractmethod
+    async def recent_durations(self, model: str, limit: int) -> list[float]:
+        """The latest recorded durations of `model`, newest first."""
+
+    # --- server policy -----------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get_policy(self, guild_id: int) -> GuildPolicy:
+        """A server's policy; defaults when it never set anything."""
+
+    @abstractmethod
+    async def update_policy(self, guild_id: int, *, actor_id: int, now: float, **changes: Any) -> GuildPolicy:
+        """Change fields of a server's `GuildPolicy` and write an audit entry, in one transaction.
+
+        `changes` are GuildPolicy field names (timezone, default_allowance, budget, default_model,
+        quote_threshold, models_allowed_by_default); `model_rules` changes go through `set_model_rule`.
+        """
+
+    @abstractmethod
+    async def set_model_rule(
+        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+    ) -> GuildPolicy:
+        """Allow or deny one model on a server (None removes the rule), audited."""
+
+    @abstractmethod
+    async def role_allowances(self, guild_id: int) -> dict[int, Allowance]:
+        """Per-role allowances of a server."""
+
+    @abstractmethod
+    async def set_role_allowance(
+        self, guild_id: int, role_id: int, allowance: Allowance | None, *, actor_id: int, now: float
+    ) -> None:
+        """Set (or with None, remove) a role's allowance, audited."""
+
+    @abstractmethod
+    async def member_allowance(self, guild_id: int, user_id: int) -> Allowance | None:
+        """A member's personal override, if any."""
+
+    @abstractmethod
+    async def set_member_allowance(
+        self, guild_id: int, user_id: int, allowance: Allowance | None, *, actor_id: int, now: float
+    ) -> None:
+        """Set (or with None, remove) a member's override, audited."""
+
+    @abstractmethod
+    async def recent_audit(self, guild_id: int, limit: int) -> list[AuditEntry]:
+        """A server's latest admin changes, newest first."""
+
+    # --- moderation --------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def blocked_terms(self, guild_id: int) -> list[BlockedTerm]: ...
+
+    @abstractmethod
+    async def add_blocked_term(
+        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float
+    ) -> BlockedTerm: ...
+
+    @abstractmethod
+    async def remove_blocked_term(self, guild_id: int, term_id: int, *, actor_id: int, now: float) -> bool: ...
