@@ -1,0 +1,221 @@
+"""Image bytes: decoding what the gateway sends, checking it is an image, fitting it under an upload limit.
+
+Everything here is CPU work on untrusted bytes. The sync functions do the work; the `*_async` wrappers run
+it in a worker thread so that a 20 MB base64 payload never stalls the event loop. The heavy C routines
+(base64, Pillow decoders and encoders) either release the GIL or are fed in chunks that let the loop's
+thread back in between.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import binascii
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+from bot.errors import DeliveryError, MalformedResponseError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 64_000_000
+
+# base64 characters decoded per call. binascii holds the GIL for a whole call (about 45 ms for 20 MB), so a
+# big payload is decoded in slices: between two slices the event loop's thread can take the GIL back.
+_B64_CHUNK = 1024 * 1024  # a multiple of 4
+
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+
+# Our format name -> Pillow's, so that Pillow never tries a format we did not sniff.
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+_DATA_URL_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp"}
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A checked image: its bytes exactly as received, its format and size."""
+
+    data: bytes
+    format: str  # "png" | "jpeg" | "webp"
+    width: int
+    height: int
+
+    @property
+    def extension(self) -> str:
+        """File extension for an upload, without the dot."""
+        return _EXTENSIONS[self.format]
+
+    def __repr__(self) -> str:
+        # Never print the payload (logs, test failures, tracebacks).
+        return f"ImageData(format={self.format!r}, {self.width}x{self.height}, {len(self.data)} bytes)"
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the magic bytes announce ("png", "jpeg", "webp"), or None."""
+    if data.startswith(_PNG_MAGIC):
+        return "png"
+    if data.startswith(_JPEG_MAGIC):
+        return "jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Check that `data` is a PNG, JPEG or WebP image Pillow can read, and not a decompression bomb.
+
+    Only the header is parsed before the size check, so a tiny file announcing a huge canvas is refused
+    before anything is decoded. Raises `MalformedResponseError` for anything else.
+    """
+    fmt = sniff_format(data)
+    if fmt is None:
+        raise MalformedResponseError("not a PNG, JPEG or WebP image", status=None)
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns between MAX_IMAGE_PIXELS and twice that; our own limit below decides instead.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as img:
+                width, height = img.size
+                if width <= 0 or height <= 0 or width * height > max_pixels:
+                    raise MalformedResponseError(
+                        f"image of {width}x{height} pixels exceeds the {max_pixels} pixel limit", status=None
+                    )
+                img.verify()
+    except Image.DecompressionBombError as exc:
+        raise MalformedResponseError("image exceeds the pixel limit", status=None) from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow reports broken files with any of these (SyntaxError is its "broken PNG" error).
+        raise MalformedResponseError(f"unreadable {fmt} image: {type(exc).__name__}", status=None) from exc
+    return ImageData(data=data, format=fmt, width=width, height=height)
+
+
+def b64decode_strict(value: str | bytes) -> bytes:
+    """Strict base64 (no whitespace, correct padding), decoded in GIL-friendly slices.
+
+    Raises `MalformedResponseError` on anything that is not canonical base64.
+    """
+    try:
+        raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
+    except UnicodeEncodeError as exc:
+        raise MalformedResponseError("base64 payload is not ASCII", status=None) from exc
+    if not raw or len(raw) % 4:
+        raise MalformedResponseError("base64 payload has a bad length", status=None)
+    view = memoryview(raw)
+    parts: list[bytes] = []
+    try:
+        for start in range(0, len(raw), _B64_CHUNK):
+            parts.append(binascii.a2b_base64(view[start : start + _B64_CHUNK], strict_mode=True))
+    except binascii.Error as exc:
+        raise MalformedResponseError("invalid base64 payload", status=None) from exc
+    return b"".join(parts)
+
+
+def decode_b64(s: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Decode a bare base64 image (the gateway's `b64_json`) and check it."""
+    return inspect_image(b64decode_strict(s), max_pixels=max_pixels)
+
+
+def decode_data_url(url: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Decode a `data:image/...;base64,...` URL and check the image it holds."""
+    if not url.startswith("data:"):
+        raise MalformedResponseError("not a data: URL", status=None)
+    header, sep, payload = url[5:].partition(",")
+    if not sep:
+        raise MalformedResponseError("data: URL without a payload", status=None)
+    fields = [f.strip().lower() for f in header.split(";")]
+    if "base64" not in fields[1:]:
+        raise MalformedResponseError("data: URL is not base64", status=None)
+    if fields[0] and fields[0] not in _DATA_URL_TYPES:
+        raise MalformedResponseError("data: URL is not an image type", status=None)
+    # The declared type is advisory: the magic bytes decide (some providers label JPEGs as PNG).
+    return decode_b64(payload, max_pixels=max_pixels)
+
+
+def decode_image(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """Decode either a data: URL or bare base64."""
+    if value.startswith("data:"):
+        return decode_data_url(value, max_pixels=max_pixels)
+    return decode_b64(value, max_pixels=max_pixels)
+
+
+async def decode_image_async(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """`decode_image` in a worker thread: a data: URL or bare base64 to a checked image."""
+    return await asyncio.to_thread(decode_image, value, max_pixels=max_pixels)
+
+
+async def inspect_image_async(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """`inspect_image` in a worker thread."""
+    return await asyncio.to_thread(inspect_image, data, max_pixels=max_pixels)
+
+
+# --- fitting under an upload limit --------------------------------------------------------------------------
+
+_WEBP_QUALITIES = (90, 80, 70)
+_QUALITY_STEP_GAIN = 0.8  # a step down in quality rarely saves more than 20 %
+_WEBP_MAX_SIDE = 16383  # the WebP format's own limit
+_MIN_SIDE = 64  # below this the result is useless; give up instead
+
+
+def _encode_webp(img: Image.Image, quality: int) -> bytes:
+    out = io.BytesIO()
+    # method=4 is libwebp's default speed/size balance; higher methods cost seconds on 16 MP images.
+    img.save(out, format="WEBP", quality=quality, method=4)
+    return out.getvalue()
+
+
+def fit_for_upload(image: ImageData, limit_bytes: int) -> tuple[bytes, str]:
+    """Bytes and file extension of `image` that fit in `limit_bytes`.
+
+    The original bytes when they fit; otherwise lossy WebP (alpha kept) at decreasing quality, then smaller
+    and smaller sizes. Raises `DeliveryError` when even a small thumbnail does not fit.
+    """
+    if len(image.data) <= limit_bytes:
+        return image.data, image.extension
+    try:
+        with Image.open(io.BytesIO(image.data)) as opened:
+            opened.load()
+            has_alpha = opened.mode in ("RGBA", "LA", "PA") or (
+                opened.mode == "P" and "transparency" in opened.info
+            )
+            img = opened.convert("RGBA" if has_alpha else "RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DeliveryError(f"cannot re-encode image: {type(exc).__name__}") from exc
+
+    if max(img.size) > _WEBP_MAX_SIDE:
+        img.thumbnail((_WEBP_MAX_SIDE, _WEBP_MAX_SIDE), Image.Resampling.LANCZOS)
+
+    # Each encode of a 16 MP image costs seconds, so a lower quality is tried only when it can plausibly
+    # fit (one step down saves roughly 15-20 %); otherwise go straight to a smaller size.
+    size = 0
+    quality = _WEBP_QUALITIES[0]
+    for quality in _WEBP_QUALITIES:
+        if size and size * _QUALITY_STEP_GAIN > limit_bytes:
+            break
+        encoded = _encode_webp(img, quality)
+        size = len(encoded)
+        if size <= limit_bytes:
+            return encoded, "webp"
+
+    # Lossy size grows roughly with the pixel count, so aim the scale at the limit (with a margin).
+    scale = 1.0
+    while True:
+        scale *= min(0.9, (limit_bytes / size) ** 0.5 * 0.92)
+        width, height = round(img.width * scale), round(img.height * scale)
+        if min(width, height) < _MIN_SIDE:
+            raise DeliveryError(f"image does not fit in {limit_bytes} bytes")
+        encoded = _encode_webp(img.resize((width, height), Image.Resampling.LANCZOS), quality)
+        log.debug("re-encoded image at %dx%d, quality %d: %d bytes", width, height, quality, len(encoded))
+        if len(encoded) <= limit_bytes:
+            return encoded, "webp"
+        # `scale` is relative to the original; the next factor corrects from this attempt's size.
+        size = len(encoded)
+
+
+async def fit_for_upload_async(image: ImageData, limit_bytes: int) -> tuple[bytes, str]:
+    """`fit_for_upload` in a worker thread."""
+    return await asyncio.to_thread(fit_for_upload, image, limit_bytes)
