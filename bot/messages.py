@@ -31,6 +31,7 @@ EN: dict[str, str] = {
     "error.shutting_down": "The bot is restarting. Try again in a minute; nothing was charged.",
     "error.job_not_found": "That image job no longer exists.",
     "error.not_job_owner": "Only the member who asked for this, or a server admin, can do that.",
+    "error.guild_only": "This command works only in a server.",
     "error.internal": "Something went wrong on our side. Nothing was charged.",
     # Gateway failures (the hold is always released)
     "error.gateway": "The image service failed. Your credits were refunded.",

@@ -71,6 +71,7 @@ class NewJob:
     interaction_token: str | None = None
     token_expires_at: float | None = None
     reply_message_id: int | None = None
+    upload_limit: int | None = None  # the interaction's attachment size limit, in bytes
 
     @property
     def hold_amount(self) -> int:
@@ -99,6 +100,7 @@ class JobRecord:
     interaction_token: str | None = None
     token_expires_at: float | None = None
     reply_message_id: int | None = None
+    upload_limit: int | None = None
     operation_id: str | None = None
     error_key: str | None = None
     error_detail: str | None = None
