@@ -1,0 +1,174 @@
+"""When to poll an asynchronous generation: an adaptive schedule learned from recent durations.
+
+The gateway's own example polls every 5 seconds, which finds a finished image 2.5 s late on average and
+wastes polls on slow models. A model's generation time is fairly stable, so the schedule waits through most
+of the usual time without polling, polls densely where completions usually land, and backs off once the job
+is later than usual. The spacing follows the duration distribution: the interval at time t grows like
+exp(SHAPE·z²) with z = ln(t/median)/spread, i.e. inversely to a power of the log-normal density, which
+spends polls where they are most likely to catch the completion (see bench/bench_polling.py).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+# Tuned with bench/bench_polling.py against log-normal durations (spread 0.25) around 8 s and 25 s.
+FIRST_POLL_Z = 1.5  # first poll 1.5 spreads before the median: ~7 % of jobs are done by then
+DENSITY_FACTOR = 0.2  # interval at the median, as a fraction of median × spread (≈ the std-dev in s)
+SHAPE = 0.2  # how fast the interval widens away from the median
+NO_HISTORY_FIRST_FRACTION = 0.25  # with no history, first poll at a quarter of the default expectation
+NO_HISTORY_GROWTH = 0.25  # ... then each interval is a quarter of the time elapsed (lag ≤ 25 %)
+PRIOR_SPREAD = 0.5  # log-scale spread assumed before there is history (a factor ~1.6 either way)
+PRIOR_WEIGHT = 2.0  # the prior counts as this many observations when estimating the spread
+MIN_SPREAD = 0.05  # timer noise: never assume durations tighter than ±5 %
+MAX_SPREAD = 1.5
+
+
+class DurationHistory(Protocol):
+    """The part of `bot.store.base.Store` the planner needs."""
+
+    async def record_duration(self, model: str, seconds: float, *, now: float) -> None: ...
+
+    async def recent_durations(self, model: str, limit: int) -> list[float]: ...
+
+
+@dataclass(frozen=True)
+class PollSchedule:
+    """Delays between polls of one operation, as a pure function of the time since submit.
+
+    Build one with `from_history` (or `fixed` for a constant interval). `expected` is the median duration
+    in seconds; `spread` the standard deviation of log(duration), or None when there is no history (then
+    the delays grow geometrically from `first_poll`). `jitter` (a fraction) is drawn from `rng`, so a
+    schedule is deterministic given its inputs.
+    """
+
+    expected: float
+    spread: float | None
+    first_poll: float
+    min_interval: float
+    max_interval: float
+    fixed_interval: float | None = None
+    jitter: float = 0.0
+    rng: random.Random | None = field(default=None, compare=False, repr=False)
+
+    @classmethod
+    def from_history(
+        cls,
+        durations: list[float],
+        *,
+        default_expected: float,
+        min_interval: float,
+        max_interval: float,
+        jitter: float = 0.0,
+        rng: random.Random | None = None,
+    ) -> PollSchedule:
+        """A schedule fitted to recent durations (seconds) of one model, robust to outliers.
+
+        The median and the spread are taken on the log scale (median and MAD), so one job stuck in a
+        queue for minutes moves neither much. With no history, the first poll comes at a quarter of
+        `default_expected` so that a fast job is not missed by much, and the intervals grow from there.
+        """
+        max_interval = max(max_interval, min_interval)
+        logs = [math.log(d) for d in durations if math.isfinite(d) and d > 0]
+        if not logs:
+            first = max(min_interval, default_expected * NO_HISTORY_FIRST_FRACTION)
+            return cls(default_expected, None, first, min_interval, max_interval, jitter=jitter, rng=rng)
+        center = statistics.median(logs)
+        mad = statistics.median(abs(x - center) for x in logs) * 1.4826  # MAD -> std-dev for a normal
+        n = len(logs)
+        # Shrink towards a wide prior: three identical durations must not make the schedule razor-thin.
+        spread = math.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SPREAD**2) / (n + PRIOR_WEIGHT))
+        spread = min(MAX_SPREAD, max(MIN_SPREAD, spread))
+        expected = math.exp(center)
+        first = max(min_interval, expected * math.exp(-FIRST_POLL_Z * spread))
+        return cls(expected, spread, first, min_interval, max_interval, jitter=jitter, rng=rng)
+
+    @classmethod
+    def fixed(cls, interval: float) -> PollSchedule:
+        """Poll every `interval` seconds, the first poll after one interval (the gateway page's example)."""
+        return cls(interval, None, interval, interval, interval, fixed_interval=interval)
+
+    def next_delay(self, elapsed: float) -> float:
+        """Seconds to wait before the next poll, `elapsed` seconds after the operation was submitted."""
+        elapsed = max(0.0, elapsed)
+        if self.fixed_interval is not None:
+            return self.fixed_interval
+        if elapsed < self.first_poll:
+            return self.first_poll - elapsed
+        if self.spread is None:
+            interval = NO_HISTORY_GROWTH * elapsed
+        else:
+            z = math.log(elapsed / self.expected) / self.spread
+            # Bound the exponent: far in the tail the cap applies anyway, and exp() must not overflow.
+            interval = DENSITY_FACTOR * self.expected * self.spread * math.exp(min(50.0, SHAPE * z * z))
+        interval = min(self.max_interval, max(self.min_interval, interval))
+        if self.jitter and self.rng is not None:
+            interval *= 1.0 + self.jitter * (2.0 * self.rng.random() - 1.0)
+            interval = max(self.min_interval, interval)
+        return interval
+
+    def poll_times(self, until: float) -> list[float]:
+        """Times (since submit) of the polls this schedule makes up to `until`: for tests and benches."""
+        times: list[float] = []
+        elapsed = 0.0
+        while True:
+            elapsed += self.next_delay(elapsed)
+            if elapsed > until:
+                return times
+            times.append(elapsed)
+
+
+class PollPlanner:
+    """Builds each model's schedule from its recent durations in the store, and records new ones."""
+
+    def __init__(
+        self,
+        store: DurationHistory,
+        *,
+        history_size: int = 20,
+        default_expected: float = 20.0,
+        min_interval: float = 0.25,
+        max_interval: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self.history_size = history_size
+        self.default_expected = default_expected
+        self.min_interval = min_interval
+        self.max_interval = max_interval
+        self._clock = clock
+
+    @classmethod
+    def from_settings(cls, store: DurationHistory, settings: Settings) -> PollPlanner:
+        """A planner configured by the poll_* settings."""
+        return cls(
+            store,
+            history_size=settings.poll_history_size,
+            default_expected=settings.poll_default_expected_seconds,
+            min_interval=settings.poll_min_interval,
+            max_interval=settings.poll_max_interval,
+        )
+
+    async def schedule_for(self, model: str) -> PollSchedule:
+        """The schedule for a new operation of `model`, from its latest recorded durations."""
+        durations = await self._store.recent_durations(model, self.history_size)
+        return PollSchedule.from_history(
+            list(durations),
+            default_expected=self.default_expected,
+            min_interval=self.min_interval,
+            max_interval=self.max_interval,
+        )
+
+    async def record(self, model: str, seconds: float) -> None:
+        """Remember that an operation of `model` took `seconds` from submit to completion."""
+        if math.isfinite(seconds) and seconds > 0:
+            await self._store.record_duration(model, seconds, now=self._clock())
