@@ -39,16 +39,13 @@ EN: dict[str, str] = {
         "The bot's image service key was rejected. Tell the bot's operator. Your credits were refunded."
     ),
     "error.gateway_credits": (
-        "The bot operator's image service credits are used up. Tell the bot's operator. "
-        "Your credits were refunded."
+        "The bot operator's image service credits are used up. Tell the bot's operator. Your credits were refunded."
     ),
     "error.model_not_enabled": (
         "The model `{model}` is not enabled for this bot's image service account. "
         "Pick another model with `/models`. Your credits were refunded."
     ),
-    "error.gateway_unknown_model": (
-        "The image service does not know the model `{model}`. Your credits were refunded."
-    ),
+    "error.gateway_unknown_model": ("The image service does not know the model `{model}`. Your credits were refunded."),
     "error.request_rejected": "The image service rejected the request: {reason}. Your credits were refunded.",
     "error.content_policy": (
         "The image provider refused this prompt under its content policy. "

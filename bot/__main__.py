@@ -1,0 +1,75 @@
+"""Start the bot: settings, logging, then the session, the store and the client, each owned by `async with`.
+
+`python -m bot` or the `imagine-bot` console script. The end-to-end tests call `run()` too, so they go
+through the same start-up as production.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Callable
+
+import aiohttp
+from pydantic import ValidationError
+
+from bot.catalog import CatalogError
+from bot.config import Settings
+from bot.logs import configure_logging
+from bot.services import Services
+from bot.store import open_store
+
+log = logging.getLogger("bot")
+
+
+def load_settings() -> Settings:
+    """Read the settings, or exit with one line that names every missing or malformed one."""
+    try:
+        return Settings()  # type: ignore[call-arg]  # filled from the environment and .env
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "_".join(str(part) for part in error["loc"]).upper() or "settings"
+            reason = "is missing" if error["type"] == "missing" else f"is invalid ({error['msg']})"
+            problems.append(f"{name} {reason}")
+        sys.exit("configuration error: " + "; ".join(problems) + " (see .env.example)")
+
+
+async def run(settings: Settings, *, on_ready: Callable[[object], None] | None = None) -> None:
+    """Run the bot until it is closed (SIGINT/SIGTERM, or `await bot.close()`)."""
+    from bot.discord_app import ImagineBot  # the adapter seam: the one place bot/ touches discord
+
+    timeout = aiohttp.ClientTimeout(total=None, connect=30)
+    async with aiohttp.ClientSession(timeout=timeout) as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        async with ImagineBot(settings, services) as bot:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+            if on_ready is not None:
+                on_ready(bot)
+            await bot.start(settings.discord_token.get_secret_value())
+
+
+def main() -> None:
+    """Console entry point."""
+    settings = load_settings()
+    configure_logging(
+        settings.log_level,
+        settings.log_format,
+        secrets=(settings.discord_token.get_secret_value(), settings.gateway_api_key.get_secret_value()),
+    )
+    try:
+        asyncio.run(run(settings))
+    except CatalogError as exc:
+        sys.exit(f"configuration error: {exc}")
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

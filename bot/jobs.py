@@ -1,0 +1,373 @@
+"""A job's life: queue, submit, poll, download, deliver, settle; cancel; recover after a restart.
+
+Every state change is written to the store before the next step starts, so a restart (or another process)
+can pick a job up where it stopped. Credits move only through the ledger, and every job ends in exactly
+one settlement: captured for the images delivered, the rest released.
+
+The job code knows nothing of Discord: it reports through a `JobPresenter` that the adapter implements.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.errors import (
+    BotError,
+    DeliveryError,
+    InterruptedJobError,
+    JobCancelledError,
+    JobNotFoundError,
+    NotJobOwnerError,
+    ShuttingDownError,
+)
+from bot.gateway import GatewayClient
+from bot.images import ImageData
+from bot.ledger import Ledger
+from bot.polling import PollPlanner
+from bot.progress import Progress, ProgressReporter, Stage
+from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
+from bot.store.base import Store
+from bot.store.records import JobRecord, JobStatus, NewJob
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """Finished images and what the member will be charged for them."""
+
+    images: list[ImageData]
+    charged: int
+    available_after: int | None  # None: the member's allowance is unlimited
+
+
+class JobPresenter(Protocol):
+    """How a front end shows a job. Implemented by the Discord adapter; every method takes the stored job,
+    so the same calls work for a live interaction and for a job resumed after a restart."""
+
+    async def show_progress(self, job: JobRecord, progress: Progress) -> None:
+        """Show the job's current stage (best effort: failures are logged, not raised)."""
+
+    async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
+        """Post the images; return how many were posted. Raise `DeliveryError` when none could be."""
+
+    async def show_failure(self, job: JobRecord, error: BotError) -> None:
+        """Tell the member the job failed and that its credits were released."""
+
+    async def delivered_count(self, job: JobRecord) -> int | None:
+        """After a restart: how many of the job's images the member can already see (None: unknown)."""
+
+    async def member_roles(self, guild_id: int, user_id: int) -> Sequence[int]:
+        """The member's role ids (their allowance may come from a role)."""
+
+
+class JobService:
+    """Runs jobs: fair dispatch under concurrency limits, each job from hold to settlement."""
+
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        gateway: GatewayClient,
+        planner: PollPlanner,
+        *,
+        limits: ConcurrencyLimits,
+        progress_interval: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._ledger = ledger
+        self._gateway = gateway
+        self._planner = planner
+        self._limits = limits
+        self._progress_interval = progress_interval
+        self._clock = clock
+        self._presenter: JobPresenter | None = None
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._reporters: dict[str, ProgressReporter] = {}
+        self._positions: dict[str, int] = {}
+        self._last_started: dict[tuple[int, int], float] = {}
+        self._wake = asyncio.Event()
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._cancelled_by_member: set[str] = set()
+
+    # --- lifetime ----------------------------------------------------------------------------------------
+
+    async def start(self, presenter: JobPresenter) -> None:
+        """Recover unfinished jobs from the store, then start dispatching."""
+        self._presenter = presenter
+        await self._recover()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+        self._wake.set()
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop taking jobs; give running jobs `grace` seconds, then leave them persisted for the next start.
+
+        Jobs cut off here are not settled: their rows say where they stopped, and recovery finishes them.
+        """
+        self._stopping = True
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        running = list(self._tasks.values())
+        if running:
+            _, pending = await asyncio.wait(running, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+                log.info("left %d running job(s) persisted for the next start", len(pending))
+        for reporter in list(self._reporters.values()):
+            await reporter.close()
+        self._reporters.clear()
+
+    @property
+    def accepting(self) -> bool:
+        return not self._stopping
+
+    def running_job_ids(self) -> set[str]:
+        """Ids of the jobs this process is running now."""
+        return set(self._tasks)
+
+    # --- member actions ----------------------------------------------------------------------------------
+
+    async def submit(self, job: NewJob, role_ids: Sequence[int]) -> JobRecord:
+        """Hold the job's credits and queue it. Raises a `RequestError` (nothing written) when refused."""
+        if self._stopping:
+            raise ShuttingDownError()
+        record = await self._ledger.hold_for_job(job, role_ids)
+        log.info(
+            "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
+            record.id,
+            record.guild_id,
+            record.user_id,
+            record.model,
+            record.count,
+            record.hold_amount,
+        )
+        self._wake.set()
+        return record
+
+    async def cancel(self, job_id: str, user_id: int, *, is_admin: bool = False) -> JobRecord:
+        """Cancel a queued or running job and release its hold. Only its owner or an admin may."""
+        job = await self._store.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError()
+        if job.user_id != user_id and not is_admin:
+            raise NotJobOwnerError()
+        if job.is_terminal:
+            return job
+        task = self._tasks.get(job_id)
+        if task is not None:
+            self._cancelled_by_member.add(job_id)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(task)
+        else:
+            # Queued (or running in another process, which sees the flag on its next step).
+            await self._store.update_job(job_id, cancel_requested=True)
+            await self._settle_failure(job, JobCancelledError(), status=JobStatus.CANCELLED)
+        final = await self._store.get_job(job_id)
+        assert final is not None
+        self._wake.set()
+        return final
+
+    # --- dispatch ----------------------------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        while not self._stopping:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._dispatch()
+            except Exception:
+                log.exception("job dispatch failed; retrying on the next wake-up")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def _dispatch(self) -> None:
+        active = await self._store.active_jobs()
+        queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks]
+        running = [j for j in active if j.status != JobStatus.QUEUED or j.id in self._tasks]
+        for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
+            claimed = await self._store.update_job(
+                job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
+            )
+            if claimed is None:
+                continue  # cancelled, or claimed by another process
+            queued.remove(job)
+            self._last_started[(job.guild_id, job.user_id)] = self._clock()
+            self._spawn(claimed, self._run(claimed))
+        positions = queue_positions(queued, self._last_started)
+        for job in queued:
+            if self._positions.get(job.id) != positions[job.id]:
+                self._positions[job.id] = positions[job.id]
+                self._reporter(job).update("queued", position=positions[job.id])
+
+    def _spawn(self, job: JobRecord, work: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(work, name=f"job-{job.id}")  # type: ignore[arg-type]
+        self._tasks[job.id] = task
+
+        def _done(_: asyncio.Task[None]) -> None:
+            self._tasks.pop(job.id, None)
+            self._positions.pop(job.id, None)
+            self._wake.set()
+
+        task.add_done_callback(_done)
+
+    def _reporter(self, job: JobRecord) -> ProgressReporter:
+        reporter = self._reporters.get(job.id)
+        if reporter is None:
+            presenter = self._require_presenter()
+
+            async def send(progress: Progress) -> None:
+                await presenter.show_progress(job, progress)
+
+            reporter = ProgressReporter(send, interval=self._progress_interval)
+            self._reporters[job.id] = reporter
+        return reporter
+
+    def _require_presenter(self) -> JobPresenter:
+        if self._presenter is None:
+            raise RuntimeError("JobService.start() was not called")
+        return self._presenter
+
+    # --- one job -----------------------------------------------------------------------------------------
+
+    async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
+        """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
+        reporter = self._reporter(job)
+        try:
+            images = await self._obtain_images(job, reporter, resume=resume)
+            await reporter.close()
+            await self._deliver(job, images)
+        except asyncio.CancelledError:
+            await reporter.close()
+            if job.id in self._cancelled_by_member:
+                self._cancelled_by_member.discard(job.id)
+                await self._settle_failure(job, JobCancelledError(), status=JobStatus.CANCELLED)
+                return
+            raise  # shutdown: the job stays as stored and is resumed on the next start
+        except BotError as error:
+            await reporter.close()
+            log.info("job failed id=%s model=%s error=%s", job.id, job.model, type(error).__name__)
+            await self._settle_failure(job, error)
+        except Exception as error:
+            await reporter.close()
+            log.exception("job crashed id=%s", job.id)
+            await self._settle_failure(job, BotError(type(error).__name__))
+        finally:
+            self._reporters.pop(job.id, None)
+
+    async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
+        if not (resume and job.operation_id):
+            reporter.update("submitting")
+            submission = await self._gateway.submit(job.model, job.prompt, job.params)
+            if submission.images is not None:
+                return submission.images
+            assert submission.operation_id is not None
+            now = self._clock()
+            updated = await self._store.update_job(
+                job.id,
+                expect=[JobStatus.SUBMITTING],
+                status=JobStatus.POLLING,
+                operation_id=submission.operation_id,
+                submitted_at=now,
+            )
+            if updated is None:
+                raise JobCancelledError()
+            job = updated
+        assert job.operation_id is not None
+        submitted_at = job.submitted_at or self._clock()
+        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
+        schedule = await self._planner.schedule_for(job.model)
+        result = await self._gateway.wait_for_result(
+            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at)
+        )
+        await self._planner.record(job.model, max(0.0, self._clock() - submitted_at))
+        await self._store.update_job(job.id, completed_at=self._clock())
+        if result.images:
+            return result.images
+        reporter.update("downloading", count=len(result.urls))
+        return await self._gateway.download_all(result.urls)
+
+    async def _deliver(self, job: JobRecord, images: list[ImageData]) -> None:
+        presenter = self._require_presenter()
+        images = images[: job.count]  # never charge for more than was asked
+        delivering = await self._store.update_job(
+            job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
+        )
+        if delivering is None:
+            raise JobCancelledError()
+        charged = len(images) * job.price
+        roles = await presenter.member_roles(job.guild_id, job.user_id)
+        balance = await self._ledger.balance(job.guild_id, job.user_id, roles)
+        # Settling turns this job's hold into `charged` spent and gives the rest back.
+        available_after = None if balance.available is None else balance.available + job.hold_amount - charged
+        try:
+            delivered = await presenter.deliver(delivering, Delivery(images, charged, available_after))
+        except DeliveryError:
+            log.warning("job id=%s could not be delivered; releasing its hold", job.id)
+            await self._ledger.settle(job.id, JobStatus.FAILED, error_key=DeliveryError.message_key)
+            return
+        settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=delivered)
+        if settled is not None:
+            log.info("job delivered id=%s model=%s images=%s charged=%s", job.id, job.model, delivered, settled.charged)
+
+    async def _settle_failure(self, job: JobRecord, error: BotError, *, status: JobStatus = JobStatus.FAILED) -> None:
+        settled = await self._ledger.settle(
+            job.id, status, error_key=error.message_key, error_detail=(error.detail or None)
+        )
+        if settled is None:
+            return  # already settled elsewhere: the member has been told
+        try:
+            await self._require_presenter().show_failure(settled, error)
+        except Exception:
+            log.warning("could not tell the member that job %s failed", job.id, exc_info=True)
+
+    # --- recovery ----------------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones."""
+        presenter = self._require_presenter()
+        for job in await self._store.active_jobs():
+            if job.status == JobStatus.QUEUED:
+                continue  # the dispatcher starts it
+            if job.id in self._tasks:
+                continue
+            if job.status == JobStatus.DELIVERING:
+                seen = await presenter.delivered_count(job)
+                if seen:
+                    await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
+                    log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
+                    continue
+                if job.mode == "async" and job.operation_id:
+                    # Not posted yet: fetch the finished operation again and deliver it once.
+                    job = (
+                        await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], status=JobStatus.POLLING)
+                        or job
+                    )
+            if job.status in (JobStatus.POLLING, JobStatus.DELIVERING) and job.operation_id:
+                log.info("resuming job id=%s operation=%s", job.id, job.operation_id)
+                self._spawn(job, self._run(job, resume=True))
+                continue
+            # A sync request (or a POST whose answer never got stored) was cut off: the gateway may
+            # have charged the operator, but the member got nothing, so they get their credits back.
+            log.warning(
+                "job id=%s model=%s was interrupted before the gateway answered; refunding "
+                "(the gateway may have charged the operator)",
+                job.id,
+                job.model,
+            )
+            await self._settle_failure(job, InterruptedJobError())
+
+
+__all__ = ["Delivery", "JobPresenter", "JobService", "Progress", "Stage"]

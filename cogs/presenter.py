@@ -1,0 +1,222 @@
+"""The Discord side of a job: edits its reply while it works, posts the images, explains failures.
+
+Everything is driven by the stored job, never by a live `Interaction`, so a job resumed after a restart is
+shown exactly like a live one. The reply is edited through the interaction webhook while its token is
+valid (15 minutes); after that, or when the token is refused, through the channel with the bot token.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.errors import BotError, DeliveryError
+from bot.images import ImageData, fit_for_upload_async
+from bot.jobs import Delivery
+from bot.progress import Progress
+from bot.store.records import JobRecord
+from cogs.buttons import NO_MENTIONS, result_view, running_view
+from cogs.rendering import failure_embed, progress_embed, result_embeds
+
+if TYPE_CHECKING:
+    from bot.discord_app import ImagineBot
+
+log = logging.getLogger(__name__)
+
+TOKEN_MARGIN = 60.0  # stop using an interaction token this long before it expires
+MAX_ATTACHMENTS = 10  # per message (Discord)
+DEFAULT_UPLOAD_LIMIT = 10 * 1024 * 1024
+DEAD_TOKEN_CODES = {50027, 10015}  # Invalid Webhook Token, Unknown Webhook
+UNKNOWN_MESSAGE = 10008
+ENTITY_TOO_LARGE = 40005
+
+
+def _dead_token(error: discord.HTTPException) -> bool:
+    return error.code in DEAD_TOKEN_CODES or error.status == 401
+
+
+def _file_prefix(job: JobRecord) -> str:
+    return f"imagine-{job.id[:12]}-"
+
+
+class DiscordJobPresenter:
+    """Implements `bot.jobs.JobPresenter` for Discord."""
+
+    def __init__(self, bot: ImagineBot) -> None:
+        self._bot = bot
+        self._dead_tokens: set[str] = set()  # jobs whose token Discord refused: never hammer it again
+
+    # --- routing: interaction webhook first, then the channel ------------------------------------------------
+
+    def _token_usable(self, job: JobRecord) -> bool:
+        return bool(
+            job.interaction_token
+            and job.application_id
+            and job.id not in self._dead_tokens
+            and (job.token_expires_at or 0.0) - TOKEN_MARGIN > time.time()
+        )
+
+    def _webhook(self, job: JobRecord) -> discord.Webhook:
+        assert job.application_id is not None and job.interaction_token is not None
+        return discord.Webhook.partial(job.application_id, job.interaction_token, client=self._bot)
+
+    async def _channel(self, job: JobRecord, *, uploading: bool) -> Any:
+        """The job's channel, checked for what the bot needs there; `DeliveryError` if it may not post."""
+        channel: Any = self._bot.get_channel(job.channel_id)
+        try:
+            if channel is None:
+                channel = await self._bot.fetch_channel(job.channel_id)
+        except discord.HTTPException as exc:
+            raise DeliveryError(f"channel {job.channel_id} unavailable ({exc.status})") from None
+        guild = getattr(channel, "guild", None)
+        if guild is not None and guild.me is not None:
+            perms = channel.permissions_for(guild.me)
+            in_thread = isinstance(channel, discord.Thread)
+            can_send = perms.send_messages_in_threads if in_thread else perms.send_messages
+            if not (perms.view_channel and can_send and perms.embed_links and (perms.attach_files or not uploading)):
+                raise DeliveryError(f"missing permissions in channel {job.channel_id}")
+        return channel
+
+    def _upload_limit(self, job: JobRecord, *, via_webhook: bool) -> int:
+        guild = self._bot.get_guild(job.guild_id)
+        guild_limit = guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+        if via_webhook and job.upload_limit:
+            return job.upload_limit
+        return guild_limit
+
+    async def _edit(self, job: JobRecord, **fields: Any) -> None:
+        """Edit the job's reply (no uploads) by the best route available."""
+        if self._token_usable(job):
+            try:
+                await self._webhook(job).edit_message(job.reply_message_id, allowed_mentions=NO_MENTIONS, **fields)
+                return
+            except discord.HTTPException as exc:
+                if not (_dead_token(exc) or exc.code == UNKNOWN_MESSAGE):
+                    raise
+                self._dead_tokens.add(job.id)
+                log.info("job id=%s: interaction token refused (%s); using the channel", job.id, exc.code)
+        channel = await self._channel(job, uploading=False)
+        await channel.get_partial_message(job.reply_message_id).edit(allowed_mentions=NO_MENTIONS, **fields)
+
+    # --- JobPresenter ----------------------------------------------------------------------------------------
+
+    async def show_progress(self, job: JobRecord, progress: Progress) -> None:
+        await self._edit(job, content=None, embed=progress_embed(job, progress), view=running_view(job))
+
+    async def show_failure(self, job: JobRecord, error: BotError) -> None:
+        try:
+            await self._edit(job, content=None, embed=failure_embed(job, error), attachments=[], view=None)
+        except discord.NotFound:
+            # The reply is gone (deleted by someone): say it in a new message instead.
+            channel = await self._channel(job, uploading=False)
+            await channel.send(
+                content=f"<@{job.user_id}>",
+                embed=failure_embed(job, error),
+                allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+            )
+
+    async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
+        if self._token_usable(job):
+            try:
+                return await self._post(job, delivery, via_webhook=True)
+            except discord.HTTPException as exc:
+                if not (_dead_token(exc) or exc.code == UNKNOWN_MESSAGE):
+                    raise DeliveryError(f"webhook edit failed ({exc.status}, {exc.code})") from None
+                self._dead_tokens.add(job.id)
+                log.info("job id=%s: token refused at delivery (%s); delivering through the channel", job.id, exc.code)
+        try:
+            return await self._post(job, delivery, via_webhook=False)
+        except discord.HTTPException as exc:
+            raise DeliveryError(f"channel delivery failed ({exc.status}, {exc.code})") from None
+
+    async def delivered_count(self, job: JobRecord) -> int | None:
+        try:
+            if self._token_usable(job):
+                message: Any = await self._webhook(job).fetch_message(job.reply_message_id)  # type: ignore[arg-type]
+            else:
+                channel = await self._channel(job, uploading=False)
+                message = await channel.fetch_message(job.reply_message_id)
+        except (discord.HTTPException, DeliveryError):
+            return None
+        prefix = _file_prefix(job)
+        return sum(1 for attachment in message.attachments if attachment.filename.startswith(prefix))
+
+    async def member_roles(self, guild_id: int, user_id: int) -> Sequence[int]:
+        guild = self._bot.get_guild(guild_id)
+        if guild is None:
+            return []
+        member = guild.get_member(user_id)
+        if member is None:
+            try:
+                member = await guild.fetch_member(user_id)
+            except discord.HTTPException:
+                return []
+        return [role.id for role in member.roles]
+
+    # --- uploads ---------------------------------------------------------------------------------------------
+
+    async def _post(self, job: JobRecord, delivery: Delivery, *, via_webhook: bool) -> int:
+        """Fit the images under this route's upload limit and post them: the first ten in the reply,
+        the rest in follow-ups. Returns how many were posted."""
+        limit = self._upload_limit(job, via_webhook=via_webhook)
+        for attempt in range(2):
+            try:
+                return await self._post_fitted(job, delivery, limit, via_webhook=via_webhook)
+            except discord.HTTPException as exc:
+                # We fit before uploading, so a 413 means the limit we knew was wrong: try once smaller.
+                if exc.code != ENTITY_TOO_LARGE or attempt:
+                    raise
+                limit //= 2
+                log.warning("job id=%s: upload refused as too large; retrying under %s bytes", job.id, limit)
+        raise AssertionError("unreachable")
+
+    async def _post_fitted(self, job: JobRecord, delivery: Delivery, limit: int, *, via_webhook: bool) -> int:
+        names, blobs = await self._fit(job, delivery.images, limit)
+        channel = None if via_webhook else await self._channel(job, uploading=True)
+        posted = 0
+        for start in range(0, len(names), MAX_ATTACHMENTS):
+            chunk = range(start, min(start + MAX_ATTACHMENTS, len(names)))
+            files = [discord.File(io.BytesIO(blobs[i]), filename=names[i]) for i in chunk]
+            chunk_names = [names[i] for i in chunk]
+            if start == 0:
+                embeds = result_embeds(
+                    job, chunk_names, charged=delivery.charged, available_after=delivery.available_after
+                )
+                fields: dict[str, Any] = dict(
+                    content=None,
+                    embeds=embeds,
+                    attachments=files,
+                    view=result_view(job),
+                    allowed_mentions=NO_MENTIONS,
+                )
+                if via_webhook:
+                    await self._webhook(job).edit_message(job.reply_message_id, **fields)  # type: ignore[arg-type]
+                else:
+                    try:
+                        await channel.get_partial_message(job.reply_message_id).edit(**fields)
+                    except discord.NotFound:
+                        # The reply was deleted: post the result as a new message instead.
+                        fields.pop("attachments")
+                        for file in files:
+                            file.reset()
+                        await channel.send(files=files, **fields)
+            elif via_webhook:
+                await self._webhook(job).send(files=files, wait=True, allowed_mentions=NO_MENTIONS)
+            else:
+                await channel.send(files=files, allowed_mentions=NO_MENTIONS)
+            posted += len(files)
+        return posted
+
+    async def _fit(self, job: JobRecord, images: list[ImageData], limit: int) -> tuple[list[str], list[bytes]]:
+        names: list[str] = []
+        blobs: list[bytes] = []
+        for index, image in enumerate(images, start=1):
+            data, extension = await fit_for_upload_async(image, limit)
+            names.append(f"{_file_prefix(job)}{index}.{extension}")
+            blobs.append(data)
+        return names, blobs

@@ -1,0 +1,53 @@
+"""Settings: one clear line names a missing or malformed setting, and secrets never show."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from bot.config import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_bot(env: dict[str, str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "GATEWAY_", "DATABASE_"))}
+    clean["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "bot"], env=clean | env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_missing_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
+    result = run_bot({}, tmp_path)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "DISCORD_TOKEN is missing" in lines[0] and "GATEWAY_API_KEY is missing" in lines[0]
+
+
+def test_malformed_setting_is_named_without_echoing_secrets(tmp_path: Path) -> None:
+    secret = "sk-very-secret-value-123"
+    result = run_bot(
+        {"DISCORD_TOKEN": secret, "GATEWAY_API_KEY": secret, "MAX_JOBS_PER_MEMBER": "lots"}, tmp_path
+    )
+    assert result.returncode != 0
+    assert "MAX_JOBS_PER_MEMBER is invalid" in result.stderr
+    assert secret not in result.stderr + result.stdout
+
+
+def test_defaults_and_secret_handling() -> None:
+    settings = Settings(_env_file=None, discord_token="tok-abcdefgh", gateway_api_key="key-abcdefgh")
+    assert settings.gateway_base_url == "https://factchat-cloud.mindlogic.ai/v1/gateway"
+    assert settings.database_url == "sqlite:///data/imagine-bot.db"
+    assert "tok-abcdefgh" not in repr(settings) and "key-abcdefgh" not in repr(settings)
+
+
+def test_unsupported_database_url_is_refused() -> None:
+    with pytest.raises(ValidationError, match="database_url"):
+        Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, database_url="mysql://x")

@@ -1,0 +1,29 @@
+"""The message catalog covers every domain error and falls back to English."""
+
+from __future__ import annotations
+
+import bot.errors as errors
+from bot.messages import EN, error_text, text
+
+
+def all_error_classes() -> list[type[errors.BotError]]:
+    found, stack = [], [errors.BotError]
+    while stack:
+        cls = stack.pop()
+        found.append(cls)
+        stack.extend(cls.__subclasses__())
+    return found
+
+
+def test_every_error_has_a_message() -> None:
+    missing = [cls.__name__ for cls in all_error_classes() if cls.message_key not in EN]
+    assert missing == []
+
+
+def test_locale_falls_back_to_english_and_fills_parameters() -> None:
+    error = errors.InsufficientCreditsError(needed=80, available=12)
+    assert error_text(error, "ko") == error_text(error, "en-US") == "This needs 80 credits and you have 12 available."
+
+
+def test_missing_parameter_never_crashes() -> None:
+    assert text("error.prompt_too_long", "en") == EN["error.prompt_too_long"]

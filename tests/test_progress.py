@@ -1,0 +1,106 @@
+"""Progress reports: coalesced to the latest state, never repeated, never after close."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.progress import Progress, ProgressReporter
+
+
+class Recorder:
+    """Collects what the reporter sends and lets a test wait for the n-th send."""
+
+    def __init__(self) -> None:
+        self.sent: list[Progress] = []
+        self._changed = asyncio.Condition()
+
+    async def send(self, progress: Progress) -> None:
+        async with self._changed:
+            self.sent.append(progress)
+            self._changed.notify_all()
+
+    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: len(self.sent) >= count), timeout)
+
+
+async def test_rapid_updates_collapse_to_the_latest_state() -> None:
+    recorder = Recorder()
+    reporter = ProgressReporter(recorder.send, interval=0.2)
+    reporter.update("queued", position=3)
+    await recorder.wait_for(1)
+    reporter.update("queued", position=2)
+    reporter.update("queued", position=1)
+    reporter.update("submitting")
+    await recorder.wait_for(2)
+    await reporter.close()
+    assert [p.stage for p in recorder.sent] == ["queued", "submitting"]
+    assert recorder.sent[0].position == 3
+
+
+async def test_unchanged_state_is_not_sent_again() -> None:
+    recorder = Recorder()
+    reporter = ProgressReporter(recorder.send, interval=0.01)
+    reporter.update("submitting")
+    await recorder.wait_for(1)
+    reporter.update("submitting")
+    reporter.update("downloading", count=2)
+    await recorder.wait_for(2)
+    await reporter.close()
+    assert [p.stage for p in recorder.sent] == ["submitting", "downloading"]
+
+
+async def test_generating_counts_elapsed_seconds_from_the_anchor() -> None:
+    now = [1000.0]
+    recorder = Recorder()
+    reporter = ProgressReporter(recorder.send, interval=0.01, clock=lambda: now[0])
+    reporter.update("generating", elapsed=42.4)
+    await recorder.wait_for(1)
+    assert recorder.sent[0].elapsed == 42
+    now[0] += 3.0
+    reporter.update("generating")  # same stage: the anchor stays
+    await recorder.wait_for(2)
+    await reporter.close()
+    assert recorder.sent[1].elapsed == 45
+
+
+async def test_close_waits_for_an_edit_in_flight_and_stops_reporting() -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[Progress] = []
+
+    async def slow_send(progress: Progress) -> None:
+        started.set()
+        await release.wait()
+        finished.append(progress)
+
+    reporter = ProgressReporter(slow_send, interval=0.01)
+    reporter.update("submitting")
+    await asyncio.wait_for(started.wait(), 5)
+    closing = asyncio.create_task(reporter.close())
+    await asyncio.sleep(0)  # let close() start waiting
+    assert not closing.done()
+    release.set()
+    await asyncio.wait_for(closing, 5)
+    assert [p.stage for p in finished] == ["submitting"]
+    reporter.update("downloading")  # after close: ignored
+    assert reporter._task is None
+
+
+async def test_a_failing_send_does_not_stop_reporting() -> None:
+    calls: list[str] = []
+    failed, done = asyncio.Event(), asyncio.Event()
+
+    async def flaky(progress: Progress) -> None:
+        calls.append(progress.stage)
+        if len(calls) == 1:
+            failed.set()
+            raise RuntimeError("discord said no")
+        done.set()
+
+    reporter = ProgressReporter(flaky, interval=0.01)
+    reporter.update("submitting")
+    await asyncio.wait_for(failed.wait(), 5)
+    reporter.update("downloading")
+    await asyncio.wait_for(done.wait(), 5)
+    await reporter.close()
+    assert calls == ["submitting", "downloading"]
