@@ -88,6 +88,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0
     passthrough: bool = False
+    gate: asyncio.Event | None = None  # hold the answer until this event is set (or the fake closes)
 
     @classmethod
     def error(cls, status: int, message: str = "error", code: int | str | None = None) -> Reply:
@@ -126,6 +127,11 @@ class Reply:
     def slow(cls, delay: float) -> Reply:
         """Wait `delay` seconds, then answer normally."""
         return cls(delay=delay, passthrough=True)
+
+    @classmethod
+    def held(cls, gate: asyncio.Event) -> Reply:
+        """Answer normally once `gate` is set."""
+        return cls(gate=gate, passthrough=True)
 
 
 Payload = Literal["png", "bad_base64", "not_image", "bomb"]
@@ -346,6 +352,14 @@ class FakeGateway:
 
     # --- HTTP --------------------------------------------------------------------------------------------
 
+    async def _hold(self, reply: Reply) -> None:
+        if reply.gate is not None:
+            waiters = [asyncio.ensure_future(reply.gate.wait()), asyncio.ensure_future(self._closing.wait())]
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
+        await self._pause(reply.delay)
+
     async def _pause(self, seconds: float) -> None:
         # Interruptible, so that closing the fake never waits for a slow answer.
         if seconds > 0:
@@ -377,7 +391,7 @@ class FakeGateway:
             if scripted is not None and not scripted.passthrough:
                 return await self._scripted(scripted)
             if scripted is not None:
-                await self._pause(scripted.delay)
+                await self._hold(scripted)
             return self._serve_file(request.match_info["tail"].removeprefix("files/"))
         if kind not in ("POST", "POLL"):
             return self._error(404, "not found")
@@ -388,7 +402,7 @@ class FakeGateway:
         if scripted is not None:
             if not scripted.passthrough:
                 return await self._scripted(scripted)
-            await self._pause(scripted.delay)
+            await self._hold(scripted)
         if kind == "POST":
             return await self._generate(body)
         return self._poll(request.path, rec.query)
@@ -413,7 +427,7 @@ class FakeGateway:
         return None
 
     async def _scripted(self, reply: Reply) -> web.Response:
-        await self._pause(reply.delay)
+        await self._hold(reply)
         if reply.text is not None:
             return web.Response(status=reply.status, text=reply.text, headers=reply.headers)
         return web.json_response(reply.json_body, status=reply.status, headers=reply.headers)
