@@ -137,6 +137,12 @@ class JobService:
         """Ids of the jobs this process is running now."""
         return set(self._tasks)
 
+    async def join(self, job_id: str) -> None:
+        """Wait until this process has finished working on `job_id` (settled, or left for recovery)."""
+        task = self._tasks.get(job_id)
+        if task is not None:
+            await asyncio.wait([task])
+
     # --- member actions ----------------------------------------------------------------------------------
 
     async def submit(self, job: NewJob, role_ids: Sequence[int]) -> JobRecord:
@@ -314,9 +320,9 @@ class JobService:
         available_after = None if balance.available is None else balance.available + job.hold_amount - charged
         try:
             delivered = await presenter.deliver(delivering, Delivery(images, charged, available_after))
-        except DeliveryError:
-            log.warning("job id=%s could not be delivered; releasing its hold", job.id)
-            await self._ledger.settle(job.id, JobStatus.FAILED, error_key=DeliveryError.message_key)
+        except DeliveryError as error:
+            log.warning("job id=%s could not be delivered (%s); releasing its hold", job.id, error.detail)
+            await self._settle_failure(job, error)
             return
         settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=delivered)
         if settled is not None:

@@ -75,20 +75,33 @@ def test_unknown_model(catalog: Catalog) -> None:
 
 def test_operator_override_file(tmp_path: Path) -> None:
     path = tmp_path / "models.json"
-    path.write_text(json.dumps({
-        "aspect_ratios": ["1:1"],
-        "models": [{"name": "house-model", "provider": "Us", "price": 3, "mode": "sync", "max_images": 2}],
-    }))
+    path.write_text(
+        json.dumps(
+            {
+                "aspect_ratios": ["1:1"],
+                "models": [{"name": "house-model", "provider": "Us", "price": 3, "mode": "sync", "max_images": 2}],
+            }
+        )
+    )
     catalog = Catalog.load(path)
     assert [m.name for m in catalog.models] == ["house-model"]
 
 
 @pytest.mark.parametrize(
     "content",
-    ["not json", json.dumps({"aspect_ratios": [], "models": []}),
-     json.dumps({"aspect_ratios": [], "models": [{"name": "x", "provider": "p", "price": -1, "mode": "sync"}]}),
-     json.dumps({"aspect_ratios": [], "models": [{"name": "x", "provider": "p", "price": 1, "mode": "sync",
-                                                  "options": {"colour": {"field": "c"}}}]})],
+    [
+        "not json",
+        json.dumps({"aspect_ratios": [], "models": []}),
+        json.dumps({"aspect_ratios": [], "models": [{"name": "x", "provider": "p", "price": -1, "mode": "sync"}]}),
+        json.dumps(
+            {
+                "aspect_ratios": [],
+                "models": [
+                    {"name": "x", "provider": "p", "price": 1, "mode": "sync", "options": {"colour": {"field": "c"}}}
+                ],
+            }
+        ),
+    ],
 )
 def test_malformed_catalog_is_refused(tmp_path: Path, content: str) -> None:
     path = tmp_path / "models.json"

@@ -33,9 +33,7 @@ def test_missing_settings_stop_start_up_with_one_line(tmp_path: Path) -> None:
 
 def test_malformed_setting_is_named_without_echoing_secrets(tmp_path: Path) -> None:
     secret = "sk-very-secret-value-123"
-    result = run_bot(
-        {"DISCORD_TOKEN": secret, "GATEWAY_API_KEY": secret, "MAX_JOBS_PER_MEMBER": "lots"}, tmp_path
-    )
+    result = run_bot({"DISCORD_TOKEN": secret, "GATEWAY_API_KEY": secret, "MAX_JOBS_PER_MEMBER": "lots"}, tmp_path)
     assert result.returncode != 0
     assert "MAX_JOBS_PER_MEMBER is invalid" in result.stderr
     assert secret not in result.stderr + result.stdout

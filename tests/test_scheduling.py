@@ -8,8 +8,20 @@ from bot.store.records import JobRecord, JobStatus
 
 def job(job_id: str, user: int, created: float, *, guild: int = 1, status: JobStatus = JobStatus.QUEUED) -> JobRecord:
     return JobRecord(
-        id=job_id, guild_id=guild, channel_id=10, user_id=user, model="m", prompt="p", count=1, price=1,
-        params={}, options={}, mode="sync", status=status, hold_amount=1, created_at=created,
+        id=job_id,
+        guild_id=guild,
+        channel_id=10,
+        user_id=user,
+        model="m",
+        prompt="p",
+        count=1,
+        price=1,
+        params={},
+        options={},
+        mode="sync",
+        status=status,
+        hold_amount=1,
+        created_at=created,
     )
 
 

@@ -1,0 +1,372 @@
+"""The job engine without Discord: real store, real ledger, real gateway client against the fake gateway.
+
+A recording presenter stands in for Discord. Every test checks the books: what was captured and released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.config import Settings
+from bot.errors import BotError, DeliveryError
+from bot.jobs import Delivery
+from bot.progress import Progress
+from bot.services import Services
+from bot.store import open_store
+from bot.store.base import Store
+from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob
+from tests.fakes.fake_gateway import FakeGateway, Reply
+
+GUILD, CHANNEL = 1, 2
+
+
+@dataclass
+class Event:
+    kind: str  # "progress" | "deliver" | "failure"
+    job_id: str
+    payload: Any
+
+
+class RecordingPresenter:
+    """Implements JobPresenter by recording calls; tests wait on them."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.visible: dict[str, int] = {}  # what delivered_count answers after a "restart"
+        self.fail_delivery = False
+        self.jobs: Any = None  # the JobService showing through this presenter
+        self._changed = asyncio.Condition()
+
+    async def _record(self, event: Event) -> None:
+        async with self._changed:
+            self.events.append(event)
+            self._changed.notify_all()
+
+    async def show_progress(self, job: JobRecord, progress: Progress) -> None:
+        await self._record(Event("progress", job.id, progress))
+
+    async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
+        if self.fail_delivery:
+            raise DeliveryError("channel gone")
+        await self._record(Event("deliver", job.id, delivery))
+        return len(delivery.images)
+
+    async def show_failure(self, job: JobRecord, error: BotError) -> None:
+        await self._record(Event("failure", job.id, error))
+
+    async def delivered_count(self, job: JobRecord) -> int | None:
+        return self.visible.get(job.id)
+
+    async def member_roles(self, guild_id: int, user_id: int) -> list[int]:
+        return []
+
+    def of(self, kind: str, job_id: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.kind == kind and (job_id is None or e.job_id == job_id)]
+
+    async def wait_for(self, pred: Callable[[list[Event]], bool], timeout: float = 10.0) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(lambda: pred(self.events)), timeout)
+
+    async def wait_end(self, job_id: str, timeout: float = 10.0) -> Event:
+        """The job's delivery or failure event, once the job service has also settled it."""
+        await self.wait_for(
+            lambda ev: any(e.job_id == job_id and e.kind in ("deliver", "failure") for e in ev), timeout
+        )
+        assert self.jobs is not None
+        await asyncio.wait_for(self.jobs.join(job_id), timeout)
+        return next(e for e in self.events if e.job_id == job_id and e.kind in ("deliver", "failure"))
+
+
+@dataclass
+class Core:
+    settings: Settings
+    store: Store
+    services: Services
+    presenter: RecordingPresenter
+    session: aiohttp.ClientSession
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async with FakeGateway() as gw:
+        yield gw
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path, gateway: FakeGateway) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = dict(
+            discord_token="discord-test-token",
+            gateway_api_key=gateway.api_key,
+            gateway_base_url=gateway.base_url,
+            database_url=f"sqlite:///{tmp_path / 'bot.db'}",
+            allow_loopback_http=True,
+            progress_edit_interval=0.05,
+            poll_default_expected_seconds=0.4,
+            poll_min_interval=0.05,
+            poll_max_interval=0.2,
+            default_allowance=500,
+        )
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    return make
+
+
+@pytest.fixture
+async def start_core(make_settings: Callable[..., Settings]) -> AsyncIterator[Callable[..., Any]]:
+    """Start a core (as a bot process would); several may start in turn on the same database."""
+    started: list[Core] = []
+
+    async def start(presenter: RecordingPresenter | None = None, **overrides: Any) -> Core:
+        settings = make_settings(**overrides)
+        session = aiohttp.ClientSession()
+        store = open_store(settings.database_url)
+        await store.open()
+        services = Services.build(settings, session, store)
+        presenter = presenter or RecordingPresenter()
+        presenter.jobs = services.jobs
+        await services.jobs.start(presenter)
+        core = Core(settings, store, services, presenter, session)
+        started.append(core)
+        return core
+
+    yield start
+    for core in started:
+        await stop(core, grace=0)
+
+
+async def stop(core: Core, *, grace: float) -> None:
+    """Shut a core down as SIGTERM would (idempotent)."""
+    if core.session.closed:
+        return
+    await core.services.jobs.shutdown(grace)
+    await core.store.close()
+    await core.session.close()
+
+
+def new_job(
+    model: str = "gemini-2.5-flash-image",
+    *,
+    user: int = 100,
+    count: int = 1,
+    price: int = 39,
+    mode: str = "sync",
+    params: dict[str, Any] | None = None,
+) -> NewJob:
+    return NewJob(
+        id=uuid.uuid4().hex,
+        guild_id=GUILD,
+        channel_id=CHANNEL,
+        user_id=user,
+        model=model,
+        prompt="a red fox",
+        count=count,
+        price=price,
+        params=params if params is not None else {},
+        options={},
+        mode=mode,  # type: ignore[arg-type]
+    )
+
+
+async def entries(store: Store, job_id: str) -> dict[EntryKind, int]:
+    totals: dict[EntryKind, int] = {}
+    for entry in await store.ledger_entries(GUILD, 0, 1e12):
+        if entry.job_id == job_id:
+            totals[entry.kind] = totals.get(entry.kind, 0) + entry.amount
+    return totals
+
+
+async def test_sync_job_is_delivered_and_charged_exactly(start_core: Callable[..., Any]) -> None:
+    core = await start_core()
+    job = await core.services.jobs.submit(new_job(count=2, params={"number_of_images": 2}), [])
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver" and len(end.payload.images) == 2
+    assert end.payload.charged == 78 and end.payload.available_after == 500 - 78
+    assert core.presenter.of("progress", job.id), "progress shown before the result"
+    stored = await core.store.get_job(job.id)
+    assert stored is not None and stored.status == JobStatus.DELIVERED and stored.charged == 78
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 78, EntryKind.CAPTURE: 78}
+    balance = await core.services.ledger.balance(GUILD, 100, [])
+    assert balance.available == 500 - 78 and balance.held == 0
+
+
+async def test_async_job_is_polled_then_downloaded(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=0.3)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver" and len(end.payload.images) == 1
+    stages = [e.payload.stage for e in core.presenter.of("progress", job.id)]
+    assert "generating" in stages
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
+    assert await core.store.recent_durations("xai/grok-imagine-image", 5), "duration learned for the schedule"
+
+
+async def test_fewer_images_than_asked_charges_only_those(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    core = await start_core()
+    one_image = {
+        "id": "img-1",
+        "created": 1,
+        "model": "gemini-2.5-flash-image",
+        "data": [
+            {
+                "b64_json": __import__("base64")
+                .b64encode(gateway._image_bytes(gateway.behaviour["gemini-2.5-flash-image"], 0))
+                .decode()
+            }
+        ],
+    }
+    gateway.enqueue(Reply.json(one_image), method="POST")
+    job = await core.services.jobs.submit(new_job(count=3, params={"number_of_images": 3}), [])
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver" and end.payload.charged == 39
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 117, EntryKind.CAPTURE: 39, EntryKind.RELEASE: 78}
+
+
+async def test_gateway_failure_releases_the_hold(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    core = await start_core()
+    gateway.enqueue(Reply.error(502, "bad gateway"), method="POST")
+    job = await core.services.jobs.submit(new_job(), [])
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.upstream"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+    assert (await core.services.ledger.balance(GUILD, 100, [])).available == 500
+
+
+async def test_failed_delivery_releases_the_hold(start_core: Callable[..., Any]) -> None:
+    core = await start_core()
+    core.presenter.fail_delivery = True
+    job = await core.services.jobs.submit(new_job(), [])
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.delivery"
+    stored = await core.store.get_job(job.id)
+    assert stored is not None and stored.status == JobStatus.FAILED
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+async def test_cancel_a_running_async_job_refunds_it(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=60)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    cancelled = await core.services.jobs.cancel(job.id, 100)
+    assert cancelled.status == JobStatus.CANCELLED
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
+
+
+async def test_only_the_owner_or_an_admin_may_cancel(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    core = await start_core(max_jobs_global=1)
+    gateway.configure("xai/grok-imagine-image", completion_delay=60)
+    first = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    queued = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async", user=7), [])
+    with pytest.raises(BotError, match="not_job_owner"):
+        await core.services.jobs.cancel(queued.id, 100)
+    assert (await core.services.jobs.cancel(queued.id, 999, is_admin=True)).status == JobStatus.CANCELLED
+    assert await entries(core.store, queued.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
+    await core.services.jobs.cancel(first.id, 100)
+
+
+async def test_restart_mid_poll_delivers_once_and_charges_once(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    first = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=60)
+    job = await first.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    await stop(first, grace=0)  # the process dies mid-poll
+    assert not first.presenter.of("deliver")
+
+    second = await start_core()  # the next start, same database
+    resumed = await second.store.get_job(job.id)
+    assert resumed is not None and resumed.status == JobStatus.POLLING and resumed.operation_id
+    gateway.complete(resumed.operation_id)
+    end = await second.presenter.wait_end(job.id)
+    assert end.kind == "deliver"
+    assert len(gateway.posts) == 1, "the generation was not submitted twice"
+    assert await entries(second.store, job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
+
+
+async def test_sync_job_cut_off_by_a_restart_is_refunded(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    first = await start_core()
+    gateway.configure("gemini-2.5-flash-image", sync_delay=60)
+    job = await first.services.jobs.submit(new_job(), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POST", timeout=10)
+    await stop(first, grace=0)
+
+    second = await start_core()
+    end = await second.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.interrupted"
+    assert await entries(second.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+async def test_restart_after_posting_settles_without_posting_again(
+    start_core: Callable[..., Any], make_settings: Callable[..., Settings]
+) -> None:
+    # A crash between posting the images and settling leaves the row DELIVERING with the hold in place.
+    settings = make_settings()
+    async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        job = await services.ledger.hold_for_job(new_job(), [])
+        await store.update_job(job.id, status=JobStatus.SUBMITTING)
+        await store.update_job(job.id, status=JobStatus.DELIVERING)
+
+    presenter = RecordingPresenter()
+    presenter.visible[job.id] = 1  # the member can already see the image
+    core = await start_core(presenter=presenter)
+    final = await core.store.get_job(job.id)
+    assert final is not None and final.status == JobStatus.DELIVERED and final.charged == 39
+    assert not presenter.of("deliver"), "not posted a second time"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
+
+
+async def test_restart_before_posting_an_async_result_fetches_it_again(
+    start_core: Callable[..., Any], make_settings: Callable[..., Settings], gateway: FakeGateway
+) -> None:
+    first = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=60)
+    job = await first.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    await stop(first, grace=0)
+    async with open_store(make_settings().database_url) as store:
+        await store.update_job(job.id, status=JobStatus.DELIVERING)  # crashed while posting
+    gateway.configure("xai/grok-imagine-image", completion_delay=0)
+    for operation in gateway.operations:
+        gateway.complete(operation)
+
+    second = await start_core()  # presenter.visible is empty: nothing was posted
+    end = await second.presenter.wait_end(job.id)
+    assert end.kind == "deliver"
+    assert len(gateway.posts) == 1
+    assert await entries(second.store, job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
+
+
+async def test_round_robin_between_members(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
+    core = await start_core(max_jobs_global=1, max_jobs_per_member=1)
+    gateway.configure("xai/grok-imagine-image", completion_delay=60)
+    blocker = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async", user=1), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    gateway.configure("xai/grok-imagine-image", completion_delay=0.0)
+    submitted: dict[str, str] = {}
+    for user, name in ((10, "a"), (20, "b"), (30, "c")):
+        for index in range(3):
+            job = await core.services.jobs.submit(
+                new_job("xai/grok-imagine-image", price=20, mode="async", user=user), []
+            )
+            submitted[job.id] = f"{name}{index}"
+    operation = next(iter(gateway.operations))
+    gateway.complete(operation)
+    await core.presenter.wait_for(lambda ev: sum(e.kind == "deliver" for e in ev) == 10, timeout=30)
+    order = [submitted[e.job_id] for e in core.presenter.events if e.kind == "deliver" and e.job_id in submitted]
+    assert order == ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
+    assert blocker.id in {e.job_id for e in core.presenter.of("deliver")}
