@@ -1,0 +1,155 @@
+"""The adaptive poll schedule and the planner over the store."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+from pydantic import SecretStr
+
+from bot.config import Settings
+from bot.polling import PollPlanner, PollSchedule
+
+MIN, MAX = 0.25, 10.0
+
+
+def fitted(durations: list[float], **kwargs: float) -> PollSchedule:
+    options = {"default_expected": 20.0, "min_interval": MIN, "max_interval": MAX}
+    options.update(kwargs)
+    return PollSchedule.from_history(durations, **options)  # type: ignore[arg-type]
+
+
+def lognormal(median: float, spread: float, n: int, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    return [median * math.exp(rng.gauss(0, spread)) for _ in range(n)]
+
+
+def gaps(times: list[float]) -> list[float]:
+    return [b - a for a, b in itertools.pairwise(times)]
+
+
+def test_no_history_first_poll_at_a_quarter_then_growing() -> None:
+    schedule = fitted([])
+    times = schedule.poll_times(200)
+    assert times[0] == pytest.approx(5.0)
+    intervals = gaps(times)
+    assert all(b >= a - 1e-9 for a, b in itertools.pairwise(intervals))
+    assert max(intervals) == pytest.approx(MAX)
+    # A job finishing at 6 s is found within 25 % of its time.
+    first_after = next(t for t in times if t >= 6.0)
+    assert first_after - 6.0 <= 0.25 * first_after
+
+
+def test_first_poll_waits_most_of_the_typical_time() -> None:
+    schedule = fitted(lognormal(25, 0.25, 20))
+    first = schedule.poll_times(100)[0]
+    assert 0.5 * 25 < first < 25
+
+
+def test_dense_around_expected_then_backs_off() -> None:
+    schedule = fitted(lognormal(25, 0.25, 20))
+    times = schedule.poll_times(300)
+    near = [t for t in times if 20 <= t <= 30]
+    assert len(near) >= 5
+    near_gap = max(gaps(near))
+    late_gap = schedule.next_delay(60)
+    assert late_gap > 3 * near_gap
+    assert schedule.next_delay(1000) == pytest.approx(MAX)  # capped
+
+
+def test_intervals_never_below_min_and_all_positive() -> None:
+    for durations in ([1.0] * 20, [0.2, 0.3], lognormal(3, 0.05, 20), lognormal(100, 1.0, 20)):
+        schedule = fitted(durations)
+        for elapsed in [0, 0.1, 1, 5, 50, 500, 5000]:
+            delay = schedule.next_delay(elapsed)
+            assert 0 < delay <= max(MAX, schedule.first_poll) and math.isfinite(delay)
+            if elapsed >= schedule.first_poll:
+                assert delay >= MIN
+        assert schedule.poll_times(100)[0] >= MIN
+
+
+def test_times_strictly_increase_and_are_deterministic() -> None:
+    durations = lognormal(8, 0.3, 20)
+    a, b = fitted(durations).poll_times(120), fitted(durations).poll_times(120)
+    assert a == b
+    assert all(y > x for x, y in itertools.pairwise(a))
+
+
+def test_jitter_is_seeded() -> None:
+    def make(seed: int) -> PollSchedule:
+        return PollSchedule.from_history(
+            lognormal(8, 0.3, 20),
+            default_expected=20,
+            min_interval=MIN,
+            max_interval=MAX,
+            jitter=0.1,
+            rng=random.Random(seed),
+        )
+
+    assert make(1).poll_times(60) == make(1).poll_times(60)
+    assert make(1).poll_times(60) != make(2).poll_times(60)
+
+
+def test_robust_to_outliers() -> None:
+    base = lognormal(8, 0.2, 18)
+    clean = fitted(base)
+    dirty = fitted([*base, 600.0, 0.01, float("nan"), -3.0])
+    assert dirty.expected == pytest.approx(clean.expected, rel=0.15)
+    assert dirty.spread is not None and clean.spread is not None
+    assert dirty.spread < 1.5 * clean.spread
+
+
+def test_few_samples_stay_cautious() -> None:
+    one = fitted([10.0])
+    many = fitted([10.0] * 20)
+    assert one.spread is not None and many.spread is not None
+    assert one.spread > many.spread  # one sample must not make the schedule razor-thin
+    assert one.first_poll < many.first_poll
+
+
+def test_schedule_scales_with_expected_duration() -> None:
+    fast, slow = fitted(lognormal(8, 0.25, 20)), fitted(lognormal(25, 0.25, 20))
+    assert fast.first_poll < slow.first_poll
+    assert fast.next_delay(fast.expected) < slow.next_delay(slow.expected)
+
+
+def test_fixed() -> None:
+    assert PollSchedule.fixed(5).poll_times(16) == [5, 10, 15]
+
+
+class MemoryDurations:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, float, float]] = []
+
+    async def record_duration(self, model: str, seconds: float, *, now: float) -> None:
+        self.rows.append((model, seconds, now))
+
+    async def recent_durations(self, model: str, limit: int) -> list[float]:
+        return [s for m, s, _ in reversed(self.rows) if m == model][:limit]
+
+
+async def test_planner_records_and_fits() -> None:
+    store = MemoryDurations()
+    planner = PollPlanner(store, history_size=5, default_expected=20, min_interval=MIN, max_interval=MAX)
+    assert (await planner.schedule_for("m")).spread is None
+    for seconds in [30, 30, 8, 8, 8, 8, 8]:
+        await planner.record("m", seconds)
+    await planner.record("m", float("nan"))  # ignored
+    assert len(store.rows) == 7 and store.rows[0][2] > 1e9  # epoch seconds
+    schedule = await planner.schedule_for("m")
+    assert schedule.expected == pytest.approx(8)  # only the latest five count
+    assert (await planner.schedule_for("other")).spread is None
+
+
+def test_planner_from_settings() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        discord_token=SecretStr("t"),
+        gateway_api_key=SecretStr("k"),
+        poll_history_size=7,
+        poll_min_interval=0.5,
+    )
+    planner = PollPlanner.from_settings(MemoryDurations(), settings)
+    assert planner.history_size == 7 and planner.min_interval == 0.5
