@@ -17,13 +17,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.errors import BotError, MissingPermissionError
+from bot.errors import BotError, MissingPermissionError, NotAMemberError
 from bot.messages import error_text, text
 from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account")
+EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin")
 
 # What the bot needs in a channel to post results (see docs: discord-facts.md).
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -61,6 +61,8 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
         elif isinstance(original, app_commands.MissingPermissions):
             missing = ", ".join(p.replace("_", " ").title() for p in original.missing_permissions)
             message = error_text(MissingPermissionError(permission=missing), locale_of(interaction))
+        elif isinstance(original, app_commands.TransformerError) and original.type is discord.AppCommandOptionType.user:
+            message = error_text(NotAMemberError(), locale_of(interaction))
         elif isinstance(original, app_commands.NoPrivateMessage):
             message = text("error.guild_only", locale_of(interaction))
         else:

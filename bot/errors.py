@@ -76,6 +76,10 @@ class TooManyJobsError(RequestError):
     message_key = "error.too_many_jobs"  # params: limit
 
 
+class InvalidValueError(RequestError):
+    message_key = "error.invalid_value"  # params: option, value, allowed (admin settings)
+
+
 class InvalidAmountError(RequestError):
     message_key = "error.invalid_amount"  # params: value, limit
 

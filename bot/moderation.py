@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.errors import BlockedPromptError, InvalidOptionError
+from bot.errors import BlockedPromptError, InvalidValueError
 from bot.store.base import Store
 from bot.store.records import BlockedTerm
 
@@ -14,20 +14,16 @@ MAX_PATTERN_LENGTH = 200
 def compile_term(pattern: str, is_regex: bool) -> re.Pattern[str]:
     """Compile a blocked term: plain words match as whole words, case-insensitively.
 
-    Raises `InvalidOptionError` for an empty, overlong or invalid pattern.
+    Raises `InvalidValueError` for an empty, overlong or invalid pattern.
     """
     pattern = pattern.strip()
     if not pattern or len(pattern) > MAX_PATTERN_LENGTH:
-        raise InvalidOptionError(
-            option="pattern", value=pattern[:50], model="-", allowed=f"1–{MAX_PATTERN_LENGTH} characters"
-        )
+        raise InvalidValueError(option="pattern", value=pattern[:50], allowed=f"1–{MAX_PATTERN_LENGTH} characters")
     source = pattern if is_regex else r"(?<!\w)" + re.escape(pattern) + r"(?!\w)"
     try:
         return re.compile(source, re.IGNORECASE)
     except re.error:
-        raise InvalidOptionError(
-            option="pattern", value=pattern[:50], model="-", allowed="a valid regular expression"
-        ) from None
+        raise InvalidValueError(option="pattern", value=pattern[:50], allowed="a valid regular expression") from None
 
 
 def find_blocked(prompt: str, terms: list[BlockedTerm]) -> BlockedTerm | None:

@@ -12,6 +12,7 @@ from bot.gateway import GatewayClient
 from bot.jobs import JobService
 from bot.ledger import Ledger
 from bot.moderation import Moderator
+from bot.policy import PolicyService
 from bot.polling import PollPlanner
 from bot.scheduling import ConcurrencyLimits
 from bot.store.base import Store
@@ -28,6 +29,7 @@ class Services:
     gateway: GatewayClient
     jobs: JobService
     moderator: Moderator
+    policy: PolicyService
 
     @classmethod
     def build(cls, settings: Settings, session: aiohttp.ClientSession, store: Store) -> Services:
@@ -47,4 +49,5 @@ class Services:
             ),
             progress_interval=settings.progress_edit_interval,
         )
-        return cls(settings, catalog, store, ledger, gateway, jobs, Moderator(store))
+        policy = PolicyService(store, ledger, catalog)
+        return cls(settings, catalog, store, ledger, gateway, jobs, Moderator(store), policy)

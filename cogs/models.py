@@ -62,6 +62,52 @@ class ModelsCog(commands.Cog):
         )
         await interaction.response.send_message(embed=embed, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
+    @models.command(name="enable")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.describe(model="The model to allow on this server")
+    async def enable(self, interaction: discord.Interaction[Any], model: str) -> None:
+        """Allow a model on this server (admins)."""
+        await self._set_allowed(interaction, model, True)
+
+    @models.command(name="disable")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.describe(model="The model to refuse on this server")
+    async def disable(self, interaction: discord.Interaction[Any], model: str) -> None:
+        """Refuse a model on this server (admins)."""
+        await self._set_allowed(interaction, model, False)
+
+    @models.command(name="default")
+    @app_commands.checks.has_permissions(manage_guild=True)
+    @app_commands.describe(model="The model /imagine uses when a member picks none")
+    async def default(self, interaction: discord.Interaction[Any], model: str) -> None:
+        """Set the server's default model (admins)."""
+        assert interaction.guild_id is not None
+        policy = await self.services.policy.set_default_model(interaction.guild_id, interaction.user.id, model)
+        await interaction.response.send_message(
+            text("admin.default_model", locale_of(interaction), model=policy.default_model),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
+
+    async def _set_allowed(self, interaction: discord.Interaction[Any], model: str, allowed: bool) -> None:
+        assert interaction.guild_id is not None
+        await self.services.policy.set_model_allowed(interaction.guild_id, interaction.user.id, model, allowed)
+        key = "admin.model_enabled" if allowed else "admin.model_disabled"
+        await interaction.response.send_message(
+            text(key, locale_of(interaction), model=model), ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
+
+    @enable.autocomplete("model")
+    @disable.autocomplete("model")
+    @default.autocomplete("model")
+    async def _model_names(self, interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
+        needle = current.lower()
+        return [
+            app_commands.Choice(name=f"{spec.name} · {spec.price}"[:100], value=spec.name)
+            for spec in self.services.catalog.models
+            if needle in spec.name.lower()
+        ][:25]
+
 
 async def setup(bot: ImagineBot) -> None:
     await bot.add_cog(ModelsCog(bot))

@@ -1,0 +1,185 @@
+"""What server admins change: allowances, budgets, models, time zone, quote threshold, blocked terms, and
+the reports they read (usage, audit, ledger export). Validation lives here so every front end refuses bad
+input the same way, before anything is written; the store audits every change.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from bot.catalog import Catalog
+from bot.errors import InvalidAmountError, InvalidValueError, ModelDisabledError
+from bot.ledger import Ledger, period_bounds
+from bot.moderation import compile_term
+from bot.store.base import Store
+from bot.store.records import Allowance, BlockedTerm, GuildPolicy, Period
+
+MAX_ALLOWANCE = 1_000_000
+MAX_EXPORT_DAYS = 366
+PERIODS: tuple[Period, ...] = ("day", "week", "month", "unlimited")
+
+
+def check_allowance(amount: int | None, period: str) -> Allowance:
+    """A valid allowance, or `InvalidAmountError` / `InvalidValueError`. Period "unlimited" ignores amount."""
+    if period not in PERIODS:
+        raise InvalidValueError(option="period", value=period, allowed=", ".join(PERIODS))
+    if period == "unlimited":
+        return Allowance(amount=None, period="unlimited")
+    if amount is None or isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= MAX_ALLOWANCE:
+        raise InvalidAmountError(value=amount, limit=MAX_ALLOWANCE)
+    return Allowance(amount=amount, period=period)  # type: ignore[arg-type]
+
+
+def check_timezone(name: str) -> str:
+    """An IANA time zone name, or `InvalidValueError`."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidValueError(option="timezone", value=name, allowed="an IANA name such as Asia/Seoul") from None
+    return name
+
+
+def timezone_names(prefix: str, limit: int = 25) -> list[str]:
+    """Time zone names containing `prefix` (for autocomplete)."""
+    needle = prefix.lower()
+    return sorted(z for z in available_timezones() if needle in z.lower())[:limit]
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """A server's (or member's) spend in the current budget period."""
+
+    period: Period
+    period_start: float
+    resets_at: float | None
+    by_model: dict[str, int]
+    top_members: list[tuple[int, int]]  # (user id, credits); empty for a member report
+    total: int
+
+
+class PolicyService:
+    """Admin changes and reports for one bot; every change is validated, then written and audited."""
+
+    def __init__(self, store: Store, ledger: Ledger, catalog: Catalog, *, clock: Callable[[], float] = time.time):
+        self._store = store
+        self._ledger = ledger
+        self._catalog = catalog
+        self._clock = clock
+
+    async def set_default_allowance(self, guild_id: int, actor_id: int, amount: int | None, period: str) -> GuildPolicy:
+        allowance = check_allowance(amount, period)
+        return await self._store.update_policy(
+            guild_id, actor_id=actor_id, now=self._clock(), default_allowance=allowance
+        )
+
+    async def set_member_allowance(
+        self, guild_id: int, actor_id: int, user_id: int, amount: int | None, period: str | None
+    ) -> Allowance | None:
+        """Set a member's override (period None removes it)."""
+        allowance = None if period is None else check_allowance(amount, period)
+        await self._store.set_member_allowance(guild_id, user_id, allowance, actor_id=actor_id, now=self._clock())
+        return allowance
+
+    async def set_role_allowance(
+        self, guild_id: int, actor_id: int, role_id: int, amount: int | None, period: str | None
+    ) -> Allowance | None:
+        """Set a role's allowance (period None removes it)."""
+        allowance = None if period is None else check_allowance(amount, period)
+        await self._store.set_role_allowance(guild_id, role_id, allowance, actor_id=actor_id, now=self._clock())
+        return allowance
+
+    async def set_budget(self, guild_id: int, actor_id: int, amount: int | None, period: str | None) -> GuildPolicy:
+        """Cap the server's spend per period (period None or "unlimited" removes the cap)."""
+        budget = None if period in (None, "unlimited") else check_allowance(amount, period)  # type: ignore[arg-type]
+        return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), budget=budget)
+
+    async def set_model_allowed(self, guild_id: int, actor_id: int, model: str, allowed: bool) -> GuildPolicy:
+        spec = self._catalog.get(model)
+        return await self._store.set_model_rule(guild_id, spec.name, allowed, actor_id=actor_id, now=self._clock())
+
+    async def set_default_model(self, guild_id: int, actor_id: int, model: str) -> GuildPolicy:
+        spec = self._catalog.get(model)
+        policy = await self._store.get_policy(guild_id)
+        if not policy.is_model_allowed(spec.name):
+            raise ModelDisabledError(model=spec.name)
+        return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), default_model=spec.name)
+
+    async def set_timezone(self, guild_id: int, actor_id: int, name: str) -> GuildPolicy:
+        zone = check_timezone(name)
+        return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), timezone=zone)
+
+    async def set_quote_threshold(self, guild_id: int, actor_id: int, amount: int) -> GuildPolicy:
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= MAX_ALLOWANCE:
+            raise InvalidAmountError(value=amount, limit=MAX_ALLOWANCE)
+        return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), quote_threshold=amount)
+
+    async def add_blocked_term(self, guild_id: int, actor_id: int, pattern: str, is_regex: bool) -> BlockedTerm:
+        compile_term(pattern, is_regex)  # refuse what would not compile, before writing
+        return await self._store.add_blocked_term(
+            guild_id, pattern.strip(), is_regex, actor_id=actor_id, now=self._clock()
+        )
+
+    async def remove_blocked_term(self, guild_id: int, actor_id: int, term_id: int) -> bool:
+        return await self._store.remove_blocked_term(guild_id, term_id, actor_id=actor_id, now=self._clock())
+
+    # --- reports ---------------------------------------------------------------------------------------------
+
+    async def usage(self, guild_id: int, *, user_id: int | None = None, top: int = 10) -> UsageReport:
+        """Spend in the server's budget period (the month when there is no budget)."""
+        policy = await self._store.get_policy(guild_id)
+        period: Period = policy.budget.period if policy.budget else "month"
+        start, resets_at = period_bounds(period, self._clock(), policy.timezone)
+        by_model = await self._store.usage_by_model(guild_id, start, user_id=user_id)
+        top_members = [] if user_id is not None else await self._store.top_spenders(guild_id, start, top)
+        return UsageReport(period, start, resets_at, by_model, top_members, sum(by_model.values()))
+
+    async def export_ledger(self, guild_id: int, first_day: str, last_day: str) -> tuple[bytes, int]:
+        """The ledger from `first_day` to `last_day` (YYYY-MM-DD, inclusive, in the server's time zone) as CSV.
+
+        Returns the CSV bytes and the number of rows.
+        """
+        policy = await self._store.get_policy(guild_id)
+        zone = ZoneInfo(policy.timezone)
+        try:
+            first, last = date.fromisoformat(first_day), date.fromisoformat(last_day)
+        except ValueError:
+            raise InvalidValueError(option="date", value=f"{first_day} – {last_day}", allowed="YYYY-MM-DD") from None
+        if last < first or (last - first).days >= MAX_EXPORT_DAYS:
+            raise InvalidValueError(
+                option="date range",
+                value=f"{first_day} – {last_day}",
+                allowed=f"a start on or before the end, at most {MAX_EXPORT_DAYS} days",
+            )
+        start = datetime.combine(first, datetime.min.time(), zone).timestamp()
+        end = datetime.combine(last + timedelta(days=1), datetime.min.time(), zone).timestamp()
+        entries = await self._store.ledger_entries(guild_id, start, end)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "time_utc", "user_id", "kind", "amount", "job_id", "model", "actor_id", "reason"])
+        for e in entries:
+            when = datetime.fromtimestamp(e.created_at).astimezone(ZoneInfo("UTC")).isoformat(timespec="seconds")
+            writer.writerow(
+                [
+                    e.id,
+                    when,
+                    e.user_id,
+                    e.kind.value,
+                    e.amount,
+                    e.job_id or "",
+                    e.model or "",
+                    e.actor_id or "",
+                    _csv_safe(e.reason or ""),
+                ]
+            )
+        return buffer.getvalue().encode("utf-8"), len(entries)
+
+
+def _csv_safe(value: str) -> str:
+    """Neutralise spreadsheet formulas in free text (CSV injection)."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
