@@ -107,12 +107,26 @@ def make_bot(probe: Probe) -> commands.Bot:
 
     @app_commands.command(name="slow", description="Defers, then edits when the test says so")
     async def slow(interaction: discord.Interaction) -> None:
-        await interaction.response.defer(thinking=True)
+        response = await interaction.response.defer(thinking=True)
         await probe.get("release")
         try:
             await interaction.edit_original_response(content="finally")
         except discord.HTTPException as exc:
             probe.set("slow_error", exc)
+            # Fall back to the bot token: the response message can still be edited through the channel.
+            assert response.message_id is not None and interaction.channel is not None
+            await interaction.channel.get_partial_message(response.message_id).edit(content="finally (channel)")
+
+    class FeedbackModal(discord.ui.Modal, title="Feedback"):
+        text = discord.ui.TextInput(label="Your feedback", custom_id="feedback:text")
+
+        async def on_submit(self, interaction: discord.Interaction) -> None:
+            probe.set("feedback", self.text.value)
+            await interaction.response.send_message("thanks", ephemeral=True)
+
+    @app_commands.command(name="feedback", description="Opens a modal")
+    async def feedback(interaction: discord.Interaction) -> None:
+        await interaction.response.send_modal(FeedbackModal())
 
     @app_commands.command(name="upload", description="Sends a file of the given size")
     async def upload(interaction: discord.Interaction, size: int) -> None:
@@ -141,7 +155,7 @@ def make_bot(probe: Probe) -> commands.Bot:
             probe.set("announce_error", None)
         await interaction.edit_original_response(content="done")
 
-    for command in (imagine, slow, upload, ping, announce):
+    for command in (imagine, slow, upload, ping, announce, feedback):
         bot.tree.add_command(command)
     return bot
 
@@ -174,7 +188,8 @@ async def run_imagine(fd: FakeDiscord, **options: Any):
 
 async def test_login_ready_and_sync_are_recorded(fd: FakeDiscord, bot: commands.Bot) -> None:
     assert [c.guild_id for c in fd.command_syncs] == [None]
-    assert {c["name"] for c in fd.command_syncs[0].commands} == {"imagine", "slow", "upload", "ping", "announce"}
+    synced = {c["name"] for c in fd.command_syncs[0].commands}
+    assert synced == {"imagine", "slow", "upload", "ping", "announce", "feedback"}
     assert fd.requests_to(r"^GET /users/@me$") and fd.requests_to(r"^GET /oauth2/applications/@me$")
     connection = fd.gateway_connections[0]
     assert connection.query["v"] == "10" and connection.query["encoding"] == "json"
@@ -260,7 +275,19 @@ async def test_expired_token_gives_50027_on_the_client(fd: FakeDiscord, bot: com
     error = await probe.get("slow_error")
     assert isinstance(error, discord.HTTPException)
     assert (error.status, error.code) == (401, ErrorCode.INVALID_WEBHOOK_TOKEN)
-    assert fi.requests[-1].status == 401 and fi.edits == []
+    assert [r.status for r in fi.requests] == [200, 401]
+    fallback = await fi.wait_for_edit()
+    assert fallback.route == "/channels/{channel_id}/messages/{message_id}"
+    assert fi.message.content == "finally (channel)" and not fi.message.loading
+
+
+async def test_modal_round_trip(fd: FakeDiscord, bot: commands.Bot, probe: Probe) -> None:
+    opened = await fd.send_slash_command("feedback")
+    assert (await opened.wait_for_callback()).type == CallbackType.MODAL
+    assert opened.modal is not None and opened.modal["title"] == "Feedback"
+    submitted = await fd.submit_modal(opened, {"feedback:text": "lovely"})
+    assert (await submitted.wait_for_callback()).ephemeral
+    assert await probe.get("feedback") == "lovely"
 
 
 async def test_file_over_the_limit_gives_413(fd: FakeDiscord, bot: commands.Bot, probe: Probe) -> None:
