@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import functools
 import io
 import logging
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
@@ -25,7 +27,8 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 # base64 characters decoded per call. binascii holds the GIL for a whole call (about 45 ms for 20 MB), so a
 # big payload is decoded in slices: between two slices the event loop's thread can take the GIL back.
-_B64_CHUNK = 1024 * 1024  # a multiple of 4
+_B64_CHUNK = 256 * 1024  # a multiple of 4
+_DATA_URL_HEADER_MAX = 256
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -94,23 +97,20 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     return ImageData(data=data, format=fmt, width=width, height=height)
 
 
-def b64decode_strict(value: str | bytes) -> bytes:
-    """Strict base64 (no whitespace, correct padding), decoded in GIL-friendly slices.
+def b64decode_strict(value: str | bytes, start: int = 0) -> bytes:
+    """Strict base64 (no whitespace, correct padding) of `value[start:]`, decoded in GIL-friendly slices.
 
-    Raises `MalformedResponseError` on anything that is not canonical base64.
+    Slicing here instead of at the caller matters: one `url[22:]` of a 60 MB data URL is a single copy that
+    holds the GIL for tens of milliseconds. Raises `MalformedResponseError` on non-canonical base64.
     """
-    try:
-        raw = value.encode("ascii") if isinstance(value, str) else bytes(value)
-    except UnicodeEncodeError as exc:
-        raise MalformedResponseError("base64 payload is not ASCII", status=None) from exc
-    if not raw or len(raw) % 4:
+    length = len(value) - start
+    if length <= 0 or length % 4:
         raise MalformedResponseError("base64 payload has a bad length", status=None)
-    view = memoryview(raw)
     parts: list[bytes] = []
     try:
-        for start in range(0, len(raw), _B64_CHUNK):
-            parts.append(binascii.a2b_base64(view[start : start + _B64_CHUNK], strict_mode=True))
-    except binascii.Error as exc:
+        for offset in range(start, len(value), _B64_CHUNK):
+            parts.append(binascii.a2b_base64(value[offset : offset + _B64_CHUNK], strict_mode=True))
+    except ValueError as exc:  # binascii.Error, or a non-ASCII str
         raise MalformedResponseError("invalid base64 payload", status=None) from exc
     return b"".join(parts)
 
@@ -124,16 +124,16 @@ def decode_data_url(url: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageD
     """Decode a `data:image/...;base64,...` URL and check the image it holds."""
     if not url.startswith("data:"):
         raise MalformedResponseError("not a data: URL", status=None)
-    header, sep, payload = url[5:].partition(",")
-    if not sep:
+    comma = url.find(",", 0, _DATA_URL_HEADER_MAX)  # never scan (or copy) the payload for the header
+    if comma < 0:
         raise MalformedResponseError("data: URL without a payload", status=None)
-    fields = [f.strip().lower() for f in header.split(";")]
+    fields = [f.strip().lower() for f in url[5:comma].split(";")]
     if "base64" not in fields[1:]:
         raise MalformedResponseError("data: URL is not base64", status=None)
     if fields[0] and fields[0] not in _DATA_URL_TYPES:
         raise MalformedResponseError("data: URL is not an image type", status=None)
     # The declared type is advisory: the magic bytes decide (some providers label JPEGs as PNG).
-    return decode_b64(payload, max_pixels=max_pixels)
+    return inspect_image(b64decode_strict(url, comma + 1), max_pixels=max_pixels)
 
 
 def decode_image(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
@@ -143,14 +143,29 @@ def decode_image(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageDa
     return decode_b64(value, max_pixels=max_pixels)
 
 
+# Decoding is mostly GIL-bound (base64), so more threads would not decode faster; they would only make
+# the event loop's thread queue behind more GIL holders. One worker keeps the loop's worst wait at about
+# one switch interval plus one slice.
+# (Measured by bench/bench_polling.py: four 4096x4096 decodes stall the loop ~11 ms with one worker,
+# ~17 ms with two, over 100 ms with four.)
+_DECODE_WORKERS = 1
+
+
+@functools.cache
+def _decode_executor() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_DECODE_WORKERS, thread_name_prefix="image-decode")
+
+
 async def decode_image_async(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """`decode_image` in a worker thread: a data: URL or bare base64 to a checked image."""
-    return await asyncio.to_thread(decode_image, value, max_pixels=max_pixels)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decode_executor(), functools.partial(decode_image, value, max_pixels=max_pixels))
 
 
 async def inspect_image_async(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """`inspect_image` in a worker thread."""
-    return await asyncio.to_thread(inspect_image, data, max_pixels=max_pixels)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_decode_executor(), functools.partial(inspect_image, data, max_pixels=max_pixels))
 
 
 # --- fitting under an upload limit --------------------------------------------------------------------------
@@ -179,9 +194,7 @@ def fit_for_upload(image: ImageData, limit_bytes: int) -> tuple[bytes, str]:
     try:
         with Image.open(io.BytesIO(image.data)) as opened:
             opened.load()
-            has_alpha = opened.mode in ("RGBA", "LA", "PA") or (
-                opened.mode == "P" and "transparency" in opened.info
-            )
+            has_alpha = opened.mode in ("RGBA", "LA", "PA") or (opened.mode == "P" and "transparency" in opened.info)
             img = opened.convert("RGBA" if has_alpha else "RGB")
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DeliveryError(f"cannot re-encode image: {type(exc).__name__}") from exc
