@@ -20,7 +20,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import aiohttp
@@ -92,6 +92,11 @@ class PollResult:
     images: list[ImageData] = field(default_factory=list)
     message: str | None = None
     raw_status: str | None = None
+    # Set by `wait_for_result` on a done result: the best estimate of when the operation finished, in
+    # seconds since submit (midway between the last "pending" answer and the "done" one). This, not the
+    # time the bot noticed, is what the poll planner should record: noticing late would teach it to poll
+    # late.
+    finished_after: float | None = None
 
 
 def _trim(text: str, limit: int = REASON_MAX_CHARS) -> str:
@@ -471,6 +476,7 @@ class GatewayClient:
         deadline = started + self.poll_deadline
         failures = 0
         last_error: GatewayError | None = None
+        last_pending = max(0.0, elapsed)  # the operation was not finished before this (since submit)
         backoff = 0.0
         while True:
             now = self._clock()
@@ -496,10 +502,12 @@ class GatewayClient:
                 )
                 continue
             failures, backoff, last_error = 0, 0.0, None
+            answered = self._clock() - started
             if on_poll is not None:
-                await on_poll(self._clock() - started)
+                await on_poll(answered)
             if result.state == "done":
-                return result
+                return replace(result, finished_after=(last_pending + answered) / 2)
+            last_pending = answered
             if result.state == "failed":
                 self._raise_failure(result.message or "failed", f"operation {operation_id} ({model})")
 

@@ -102,6 +102,8 @@ async def test_async_through_polling(client: GatewayClient, gw: FakeGateway) -> 
     result = await client.wait_for_result(sub.operation_id, ASYNC, FAST, on_poll=on_poll)
     assert result.state == "done" and len(result.urls) == 1
     assert len(seen) == gw.polls_of(sub.operation_id) >= 1
+    # The planner's estimate of the duration lies between the last pending answer and the done one.
+    assert result.finished_after is not None and 0 < result.finished_after <= seen[-1]
     poll = gw.polls[-1]
     assert poll.path == f"/v1/gateway/images/generate/{sub.operation_id}/"
     assert poll.query == {"model": ASYNC}

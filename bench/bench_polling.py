@@ -1,0 +1,214 @@
+"""Issue 3's benchmark: adaptive polling against the gateway page's fixed 5 s polling, and loop stalls.
+
+    .venv/bin/python -m bench.bench_polling [--jobs N] [--time-scale X] [--spread S] [--seed N]
+
+Async jobs run against the fake gateway over loopback. Each job's completion time is drawn from a
+log-normal around 8 s (one model) or 25 s (another), with log-scale spread S (default 0.25: 90 % of jobs
+within ×0.66..×1.5 of the median). Every duration is multiplied by the time scale so that a run is short;
+lags are reported divided by it again (unscaled seconds). In the same process and on the same fake, a
+reference client polls every 5 s like the page's example, on jobs with the same durations.
+
+The adaptive client is first warmed with history as the bot would have it: a first batch of jobs runs with
+the planner from an empty history, and the durations it observes are recorded. During the measured batch
+it keeps recording, as the bot does.
+
+Detection lag = the moment the client holds the completed answer - the moment the operation became
+complete on the fake (both time.monotonic in this process).
+
+Last, the event loop's worst stall is measured with a 1 ms ticker while four 4096×4096 noise PNGs are
+decoded from base64 data URLs and checked concurrently through `bot.images.decode_image_async`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass
+
+import aiohttp
+from pydantic import SecretStr
+
+from bot.gateway import GatewayClient
+from bot.images import decode_image, decode_image_async
+from bot.polling import PollPlanner, PollSchedule
+from tests.fakes import FakeGateway, make_png
+
+MODELS = {"black-forest-labs/flux-1.1-pro": 8.0, "runwayml/gen4-image": 25.0}
+REFERENCE_INTERVAL = 5.0  # the gateway page's example
+# The bot's defaults (bot/config.py), in unscaled seconds.
+MIN_INTERVAL, MAX_INTERVAL, DEFAULT_EXPECTED, HISTORY = 0.25, 10.0, 20.0, 20
+
+
+class MemoryDurations:
+    """The two store methods the planner uses, in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[float]] = {}
+
+    async def record_duration(self, model: str, seconds: float, *, now: float) -> None:
+        self.rows.setdefault(model, []).append(seconds)
+
+    async def recent_durations(self, model: str, limit: int) -> list[float]:
+        return list(reversed(self.rows.get(model, [])))[:limit]
+
+
+@dataclass
+class JobResult:
+    model: str
+    lag: float  # unscaled seconds
+    polls: int
+
+
+async def run_job(
+    client: GatewayClient,
+    gw: FakeGateway,
+    model: str,
+    duration: float,
+    start_delay: float,
+    scale: float,
+    schedule_source: PollPlanner | PollSchedule,
+) -> JobResult:
+    await asyncio.sleep(start_delay)
+    sub = await client.submit(model, "a lighthouse at dusk", {})
+    assert sub.operation_id is not None
+    op = gw.operations[sub.operation_id]
+    op.ready_at = op.created + duration * scale
+    if isinstance(schedule_source, PollPlanner):
+        schedule = await schedule_source.schedule_for(model)
+    else:
+        schedule = schedule_source
+    result = await client.wait_for_result(sub.operation_id, model, schedule)
+    known = time.monotonic()
+    if isinstance(schedule_source, PollPlanner):
+        # What the bot records: the client's own estimate (it cannot see the true completion time).
+        assert result.finished_after is not None
+        await schedule_source.record(model, result.finished_after)
+    return JobResult(model, (known - op.ready_at) / scale, op.polls)
+
+
+def draw_jobs(rng: random.Random, n: int, spread: float, window: float) -> list[tuple[str, float, float]]:
+    """(model, duration, start offset) for n jobs of each model, starts spread over `window` seconds."""
+    jobs = []
+    for model, median in MODELS.items():
+        for _ in range(n):
+            jobs.append((model, median * math.exp(rng.gauss(0.0, spread)), rng.uniform(0.0, window)))
+    return jobs
+
+
+def quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def summarize(name: str, results: list[JobResult]) -> tuple[float, float, float]:
+    lags = [r.lag for r in results]
+    median, p95 = statistics.median(lags), quantile(lags, 0.95)
+    polls = statistics.mean(r.polls for r in results)
+    per_model = ", ".join(
+        f"{m.split('/')[-1]}: median {statistics.median([r.lag for r in results if r.model == m]):.2f}s"
+        f" / {statistics.mean([r.polls for r in results if r.model == m]):.1f} polls"
+        for m in MODELS
+    )
+    print(f"  {name:<10} median lag {median:5.2f}s  p95 lag {p95:5.2f}s  polls/job {polls:5.2f}   ({per_model})")
+    return median, p95, polls
+
+
+async def polling_bench(jobs: int, scale: float, spread: float, seed: int) -> bool:
+    rng = random.Random(seed)
+    store = MemoryDurations()
+    planner = PollPlanner(
+        store,
+        history_size=HISTORY,
+        default_expected=DEFAULT_EXPECTED * scale,
+        min_interval=MIN_INTERVAL * scale,
+        max_interval=MAX_INTERVAL * scale,
+    )
+    reference = PollSchedule.fixed(REFERENCE_INTERVAL * scale)
+    window = 10.0 * scale
+    async with FakeGateway() as gw, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        client = GatewayClient(
+            session,
+            gw.base_url,
+            SecretStr(gw.api_key),
+            allow_loopback_http=True,
+            poll_deadline=600 * scale,
+            rng=random.Random(seed),
+        )
+        warm = draw_jobs(rng, HISTORY, spread, window)
+        started = time.monotonic()
+        await asyncio.gather(*(run_job(client, gw, m, d, s, scale, planner) for m, d, s in warm))
+        print(f"warm-up: {len(warm)} jobs from an empty history in {time.monotonic() - started:.1f}s (scaled)")
+
+        measured = draw_jobs(rng, jobs, spread, window)
+        started = time.monotonic()
+        adaptive_runs = [run_job(client, gw, m, d, s, scale, planner) for m, d, s in measured]
+        reference_runs = [run_job(client, gw, m, d, s, scale, reference) for m, d, s in measured]
+        results = await asyncio.gather(*adaptive_runs, *reference_runs)
+        print(f"measured: {len(measured)} jobs per client in {time.monotonic() - started:.1f}s (scaled)")
+    adaptive, ref = results[: len(measured)], results[len(measured) :]
+    print(f"\ndetection lag in unscaled seconds (time scale {scale:g}, spread {spread:g}):")
+    a_med, _, a_polls = summarize("adaptive", adaptive)
+    r_med, _, r_polls = summarize("reference", ref)
+    lag_ratio, poll_ratio = a_med / r_med, a_polls / r_polls
+    print(f"  ratios     median lag {lag_ratio:.3f} (target <= 0.2)   polls/job {poll_ratio:.2f} (target <= 2)")
+    ok = a_med <= 0.5 and lag_ratio <= 0.2 and poll_ratio <= 2.0
+    print(
+        f"  targets    median lag <= 0.5 s: {a_med <= 0.5}; <= 1/5 of reference: {lag_ratio <= 0.2};"
+        f" polls <= 2x: {poll_ratio <= 2.0}"
+    )
+    return ok
+
+
+async def stall_bench() -> bool:
+    print("\nevent loop stall while four 4096x4096 noise PNGs are decoded (base64) and checked:")
+    urls = []
+    for seed in range(4):
+        png = make_png(4096, 4096, noise=True, seed=seed)
+        urls.append("data:image/png;base64," + base64.b64encode(png).decode("ascii"))
+    size_mb = sum(len(u) for u in urls) / 1e6
+    worst = 0.0
+    stop = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal worst
+        while not stop.is_set():
+            before = time.perf_counter()
+            await asyncio.sleep(0.001)
+            worst = max(worst, time.perf_counter() - before - 0.001)
+
+    tick = asyncio.create_task(ticker())
+    await asyncio.sleep(0.05)  # the ticker's own baseline
+    baseline, worst = worst, 0.0
+    started = time.perf_counter()
+    images = await asyncio.gather(*(decode_image_async(u) for u in urls))
+    took = time.perf_counter() - started
+    stop.set()
+    await tick
+    started = time.perf_counter()
+    decode_image(urls[0])
+    on_loop = time.perf_counter() - started
+    print(f"  {len(images)} images, {size_mb:.0f} MB of base64, decoded+checked in {took * 1000:.0f} ms")
+    print(f"  worst stall {worst * 1000:.1f} ms (target < 50 ms; idle ticker baseline {baseline * 1000:.1f} ms)")
+    print(f"  for comparison, one decode run on the loop would block it {on_loop * 1000:.0f} ms")
+    return worst < 0.050
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=100, help="measured jobs per model and client")
+    parser.add_argument("--time-scale", type=float, default=0.25, help="multiply every duration by this")
+    parser.add_argument("--spread", type=float, default=0.25, help="log-scale spread of job durations")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    ok_polling = await polling_bench(args.jobs, args.time_scale, args.spread, args.seed)
+    ok_stall = await stall_bench()
+    print("\nall targets met" if ok_polling and ok_stall else "\nsome targets NOT met")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
