@@ -39,11 +39,13 @@ CREATE INDEX jobs_active ON jobs (created_at)
     WHERE status IN ('queued', 'submitting', 'polling', 'delivering');
 CREATE INDEX jobs_member ON jobs (guild_id, user_id, created_at);
 
--- One hold per job, settled exactly once: the state moves from 'held' and never back.
+-- One hold per job, settled exactly once: the state moves from 'held' and never back. The hold row is
+-- written before its job row, in the same transaction (the foreign key is checked at COMMIT).
 CREATE TABLE holds (
-    job_id     TEXT    PRIMARY KEY REFERENCES jobs (id),
+    job_id     TEXT    PRIMARY KEY REFERENCES jobs (id) DEFERRABLE INITIALLY DEFERRED,
     guild_id   INTEGER NOT NULL,
     user_id    INTEGER NOT NULL,
+    model      TEXT    NOT NULL,
     amount     INTEGER NOT NULL CHECK (amount >= 0),
     state      TEXT    NOT NULL DEFAULT 'held' CHECK (state IN ('held', 'captured', 'released')),
     captured   INTEGER NOT NULL DEFAULT 0 CHECK (captured >= 0),
@@ -63,7 +65,7 @@ CREATE TABLE ledger (
     user_id    INTEGER NOT NULL,
     kind       TEXT    NOT NULL CHECK (kind IN ('hold', 'capture', 'release', 'grant', 'deduct')),
     amount     INTEGER NOT NULL CHECK (amount > 0),
-    job_id     TEXT    REFERENCES jobs (id),
+    job_id     TEXT    REFERENCES jobs (id) DEFERRABLE INITIALLY DEFERRED,
     actor_id   INTEGER,
     reason     TEXT,
     model      TEXT,
@@ -75,6 +77,51 @@ CREATE INDEX ledger_guild_period ON ledger (guild_id, kind, created_at, amount);
 CREATE INDEX ledger_guild_time ON ledger (guild_id, created_at);
 -- A job has at most one hold, one capture and one release line: nothing is ever captured twice.
 CREATE UNIQUE INDEX ledger_job_kind ON ledger (job_id, kind) WHERE job_id IS NOT NULL;
+
+-- The ledger lines of a job are written by the database from its hold, in the statement that moves
+-- the hold: a hold and its lines can never disagree, whatever code changes them.
+CREATE TRIGGER holds_entry_on_hold AFTER INSERT ON holds
+WHEN NEW.amount > 0
+BEGIN
+    INSERT INTO ledger (guild_id, user_id, kind, amount, job_id, actor_id, model, created_at)
+    VALUES (NEW.guild_id, NEW.user_id, 'hold', NEW.amount, NEW.job_id, NEW.user_id, NEW.model, NEW.created_at);
+END;
+
+CREATE TRIGGER holds_entries_on_settle AFTER UPDATE OF state ON holds
+WHEN OLD.state = 'held' AND NEW.state <> 'held'
+BEGIN
+    INSERT INTO ledger (guild_id, user_id, kind, amount, job_id, actor_id, reason, model, created_at)
+    SELECT NEW.guild_id, NEW.user_id, 'capture', NEW.captured, NEW.job_id, NEW.user_id,
+           (SELECT status FROM jobs WHERE id = NEW.job_id), NEW.model, NEW.settled_at
+    WHERE NEW.captured > 0;
+    INSERT INTO ledger (guild_id, user_id, kind, amount, job_id, actor_id, reason, model, created_at)
+    SELECT NEW.guild_id, NEW.user_id, 'release', NEW.released, NEW.job_id, NEW.user_id,
+           (SELECT status FROM jobs WHERE id = NEW.job_id), NEW.model, NEW.settled_at
+    WHERE NEW.released > 0;
+END;
+
+-- A job that becomes terminal settles its hold in the same statement: DELIVERED captures what it charged
+-- and releases the rest; FAILED and CANCELLED charge nothing. A job without an open hold cannot finish.
+CREATE TRIGGER jobs_settle_hold AFTER UPDATE OF status ON jobs
+WHEN OLD.status IN ('queued', 'submitting', 'polling', 'delivering')
+ AND NEW.status IN ('delivered', 'failed', 'cancelled')
+BEGIN
+    SELECT RAISE(ABORT, 'job has no open hold')
+    WHERE NOT EXISTS (SELECT 1 FROM holds WHERE job_id = NEW.id AND state = 'held' AND amount >= NEW.charged);
+    UPDATE holds
+    SET state = CASE WHEN NEW.charged > 0 THEN 'captured' ELSE 'released' END,
+        captured = NEW.charged,
+        released = amount - NEW.charged,
+        settled_at = NEW.finished_at
+    WHERE job_id = NEW.id AND state = 'held';
+END;
+
+-- Terminal is final.
+CREATE TRIGGER jobs_terminal_is_final BEFORE UPDATE ON jobs
+WHEN OLD.status IN ('delivered', 'failed', 'cancelled')
+BEGIN
+    SELECT RAISE(ABORT, 'a finished job cannot change');
+END;
 
 CREATE TRIGGER ledger_no_update BEFORE UPDATE ON ledger
 BEGIN
