@@ -327,7 +327,7 @@ class FakeGateway:
         self,
         pred: Callable[[RecordedRequest], bool] = lambda r: True,
         *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper: a bounded wait is its whole point
+        timeout: float = 5.0,
         include_past: bool = True,
     ) -> RecordedRequest:
         """The first request matching `pred` (already seen, or the next one), within `timeout` seconds."""
