@@ -1,0 +1,384 @@
+"""SqliteStore: migrations, every method's round trip, exactly-once settlement, compare-and-set, audit,
+and two stores on one file (as two processes) never overspending."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.store import open_store
+from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
+from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations
+
+G, U, ADMIN = 100, 200, 999
+NOW = 1_700_000_000.0
+UNLIMITED = HoldLimits(allowance=None, period_start=0.0)
+
+
+def new_job(job_id: str, *, user_id: int = U, guild_id: int = G, count: int = 2, price: int = 5, **extra) -> NewJob:
+    return NewJob(
+        id=job_id,
+        guild_id=guild_id,
+        channel_id=300,
+        user_id=user_id,
+        model="model-a",
+        prompt="a red fox",
+        count=count,
+        price=price,
+        params={"size": "1024x1024", "n": count},
+        options={"aspect_ratio": "1:1"},
+        mode="async",
+        **extra,
+    )
+
+
+@pytest.fixture(params=["file", "memory"])
+async def store(request, tmp_path: Path):
+    path = str(tmp_path / "nested" / "bot.db") if request.param == "file" else ":memory:"
+    async with SqliteStore(path) as s:
+        yield s
+
+
+@pytest.fixture
+async def file_store(tmp_path: Path):
+    async with SqliteStore(str(tmp_path / "bot.db")) as s:
+        yield s
+
+
+# --- migrations and lifetime -----------------------------------------------------------------------------
+
+
+async def test_migrations_apply_once_and_data_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "dir" / "bot.db"  # parent directories are created
+    async with SqliteStore(str(path)) as s:
+        await s.set_meta("sync_hash", "abc")
+        await s.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    async with SqliteStore(str(path)) as s:
+        assert await s.get_meta("sync_hash") == "abc"
+        assert (await s.get_job("j1")) is not None
+    with sqlite3.connect(path) as db:
+        versions = [row[0] for row in db.execute("SELECT version FROM schema_version ORDER BY version")]
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert versions == [version for version, _, _ in _load_migrations()]
+
+
+async def test_open_store_picks_sqlite(tmp_path: Path) -> None:
+    assert isinstance(open_store("sqlite+memory:"), SqliteStore)
+    store = open_store(f"sqlite:///{tmp_path}/x.db")
+    assert isinstance(store, SqliteStore) and store.path == f"{tmp_path}/x.db"
+
+
+async def test_ledger_is_append_only(tmp_path: Path) -> None:
+    path = tmp_path / "bot.db"
+    async with SqliteStore(str(path)) as s:
+        await s.add_adjustment(G, U, EntryKind.GRANT, 5, actor_id=ADMIN, reason="gift", now=NOW)
+    with sqlite3.connect(path) as db:
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("UPDATE ledger SET amount = 500")
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute("DELETE FROM ledger")
+
+
+# --- jobs and holds --------------------------------------------------------------------------------------
+
+
+async def test_create_job_round_trips_every_field(store: SqliteStore) -> None:
+    job = new_job(
+        "j1",
+        locale="de",
+        application_id=11,
+        interaction_token="tok",
+        token_expires_at=NOW + 900,
+        reply_message_id=12,
+        upload_limit=8_000_000,
+    )
+    created = await store.create_job_with_hold(job, UNLIMITED, now=NOW)
+    assert created.status is JobStatus.QUEUED and created.hold_amount == 10 and created.created_at == NOW
+    assert await store.get_job("j1") == created
+    assert created.params == {"size": "1024x1024", "n": 2} and created.upload_limit == 8_000_000
+    assert await store.get_job("missing") is None
+    [hold] = await store.ledger_entries(G, 0, NOW + 1)
+    assert (hold.kind, hold.amount, hold.job_id, hold.model, hold.actor_id) == (EntryKind.HOLD, 10, "j1", "model-a", U)
+
+
+async def test_hold_refused_writes_nothing_and_reports_figures(store: SqliteStore) -> None:
+    limits = HoldLimits(allowance=25, period_start=0.0)
+    await store.create_job_with_hold(new_job("j1"), limits, now=NOW)  # 10 held
+    await store.create_job_with_hold(new_job("j2"), limits, now=NOW)  # 20 held
+    with pytest.raises(InsufficientCreditsError) as refused:
+        await store.create_job_with_hold(new_job("j3"), limits, now=NOW)
+    assert refused.value.params == {"needed": 10, "available": 5}
+    assert await store.get_job("j3") is None
+    assert len(await store.ledger_entries(G, 0, NOW + 1)) == 2
+
+    budget = HoldLimits(allowance=None, period_start=0.0, budget=28, budget_period_start=0.0)
+    with pytest.raises(BudgetExhaustedError) as exhausted:
+        await store.create_job_with_hold(new_job("j4", user_id=U + 1), budget, now=NOW)
+    assert exhausted.value.params == {"needed": 10, "remaining": 8}
+    assert await store.get_job("j4") is None
+
+
+async def test_free_job_needs_no_credits(store: SqliteStore) -> None:
+    await store.add_adjustment(G, U, EntryKind.DEDUCT, 50, actor_id=ADMIN, reason="x", now=NOW)
+    job = await store.create_job_with_hold(new_job("free", price=0), HoldLimits(allowance=0, period_start=0), now=NOW)
+    assert job.hold_amount == 0
+    done = await store.finish_job("free", JobStatus.DELIVERED, delivered_count=2, now=NOW)
+    assert done is not None and done.charged == 0
+    assert [e.kind for e in await store.ledger_entries(G, 0, NOW + 1)] == [EntryKind.DEDUCT]
+
+
+async def test_duplicate_job_id_fails_only_that_caller(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("dup"), UNLIMITED, now=NOW)
+    results = await asyncio.gather(
+        *(store.create_job_with_hold(new_job(f"ok{i}"), UNLIMITED, now=NOW) for i in range(5)),
+        store.create_job_with_hold(new_job("dup"), UNLIMITED, now=NOW),
+        return_exceptions=True,
+    )
+    assert [type(r).__name__ for r in results[:5]] == ["JobRecord"] * 5
+    assert isinstance(results[5], sqlite3.IntegrityError)
+    totals = await store.member_totals(G, U, 0.0)
+    assert totals.held == 60  # the duplicate held nothing more
+
+
+async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1", count=4, price=5), UNLIMITED, now=NOW)
+    done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=3, now=NOW + 5)
+    assert done is not None
+    assert (done.status, done.delivered_count, done.charged, done.finished_at) == (JobStatus.DELIVERED, 3, 15, NOW + 5)
+    entries = await store.ledger_entries(G, 0, NOW + 10, user_id=U)
+    assert [(e.kind, e.amount, e.model) for e in entries] == [
+        (EntryKind.HOLD, 20, "model-a"),
+        (EntryKind.CAPTURE, 15, "model-a"),
+        (EntryKind.RELEASE, 5, "model-a"),
+    ]
+    assert await store.member_totals(G, U, 0.0) == MemberTotals(granted=0, captured=15, held=0)
+
+
+async def test_finish_job_is_exactly_once(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    failed = await store.finish_job("j1", JobStatus.FAILED, error_key="error.upstream", error_detail="502", now=NOW)
+    assert failed is not None and failed.charged == 0 and failed.error_key == "error.upstream"
+    assert await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=2, now=NOW) is None
+    assert await store.finish_job("j1", JobStatus.FAILED, now=NOW) is None
+    assert await store.finish_job("nope", JobStatus.CANCELLED, now=NOW) is None
+    kinds = [e.kind for e in await store.ledger_entries(G, 0, NOW + 1)]
+    assert kinds == [EntryKind.HOLD, EntryKind.RELEASE]
+    assert (await store.get_job("j1")).status is JobStatus.FAILED  # type: ignore[union-attr]
+
+
+async def test_finish_job_rejects_non_terminal_status(store: SqliteStore) -> None:
+    with pytest.raises(ValueError):
+        await store.finish_job("j1", JobStatus.POLLING, now=NOW)
+
+
+async def test_update_job_compare_and_set(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    assert await store.update_job("j1", expect=[JobStatus.POLLING], status=JobStatus.DELIVERING) is None
+    moved = await store.update_job(
+        "j1",
+        expect=[JobStatus.QUEUED],
+        status=JobStatus.POLLING,
+        operation_id="op-1",
+        params={"n": 1},
+        cancel_requested=True,
+        started_at=NOW + 1,
+    )
+    assert moved is not None
+    assert (moved.status, moved.operation_id, moved.params, moved.cancel_requested) == (
+        JobStatus.POLLING,
+        "op-1",
+        {"n": 1},
+        True,
+    )
+    assert await store.get_job("j1") == moved
+    with pytest.raises(ValueError):
+        await store.update_job("j1", status=JobStatus.DELIVERED)
+    with pytest.raises(ValueError):
+        await store.update_job("j1", charged=0)
+    with pytest.raises(ValueError):
+        await store.update_job("j1", not_a_field=1)
+    await store.finish_job("j1", JobStatus.CANCELLED, now=NOW)
+    assert await store.update_job("j1", operation_id="late") is None  # terminal: untouched
+    assert await store.update_job("missing", operation_id="x") is None
+
+
+async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    results = await asyncio.gather(
+        *(store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING) for _ in range(10))
+    )
+    assert sum(r is not None for r in results) == 1
+
+
+async def test_active_and_recent_jobs(store: SqliteStore) -> None:
+    for i in range(3):
+        await store.create_job_with_hold(new_job(f"j{i}"), UNLIMITED, now=NOW + i)
+    await store.create_job_with_hold(new_job("other", user_id=U + 1), UNLIMITED, now=NOW + 10)
+    await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=1, now=NOW + 20)
+    assert [j.id for j in await store.active_jobs()] == ["j0", "j2", "other"]
+    assert [j.id for j in await store.recent_jobs(G, U, 2)] == ["j2", "j1"]
+
+
+async def test_cancelled_caller_still_settles(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    task = asyncio.ensure_future(store.finish_job("j1", JobStatus.DELIVERED, delivered_count=1, now=NOW))
+    await asyncio.sleep(0)  # submitted
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    # The settlement went through anyway: a later one finds the job finished.
+    assert await store.finish_job("j1", JobStatus.FAILED, now=NOW) is None
+    job = await store.get_job("j1")
+    assert job is not None and (job.status, job.charged) == (JobStatus.DELIVERED, 5)
+
+
+# --- sums and reports ------------------------------------------------------------------------------------
+
+
+async def test_sums_and_reports(store: SqliteStore) -> None:
+    await store.add_adjustment(G, U, EntryKind.GRANT, 40, actor_id=ADMIN, reason="event", now=NOW)
+    await store.add_adjustment(G, U, EntryKind.DEDUCT, 15, actor_id=ADMIN, reason="abuse", now=NOW)
+    await store.add_adjustment(G, U, EntryKind.GRANT, 1000, actor_id=ADMIN, reason="old", now=NOW - 1000)
+    await store.create_job_with_hold(new_job("a", count=2, price=5), UNLIMITED, now=NOW)
+    await store.create_job_with_hold(new_job("b", count=1, price=7, user_id=U + 1), UNLIMITED, now=NOW)
+    await store.create_job_with_hold(new_job("c", count=3, price=1), UNLIMITED, now=NOW)
+    await store.finish_job("a", JobStatus.DELIVERED, delivered_count=2, now=NOW + 1)
+    await store.finish_job("b", JobStatus.DELIVERED, delivered_count=1, now=NOW + 1)
+
+    totals = await store.member_totals(G, U, NOW - 10)
+    assert (totals.granted, totals.captured, totals.held) == (25, 10, 3)
+    assert await store.server_spend(G, NOW - 10) == 10 + 7 + 3
+    assert await store.server_spend(G + 1, 0) == 0
+    assert await store.usage_by_model(G, NOW - 10) == {"model-a": 17}
+    assert await store.usage_by_model(G, NOW - 10, user_id=U + 1) == {"model-a": 7}
+    assert await store.top_spenders(G, NOW - 10, 5) == [(U, 10), (U + 1, 7)]
+    window = await store.ledger_entries(G, NOW - 10, NOW + 1, user_id=U)
+    assert [e.kind for e in window] == [EntryKind.GRANT, EntryKind.DEDUCT, EntryKind.HOLD, EntryKind.HOLD]
+
+
+async def test_add_adjustment_validates_and_audits(store: SqliteStore) -> None:
+    entry = await store.add_adjustment(G, U, EntryKind.GRANT, 7, actor_id=ADMIN, reason="thanks", now=NOW)
+    assert (entry.kind, entry.amount, entry.actor_id, entry.reason) == (EntryKind.GRANT, 7, ADMIN, "thanks")
+    assert (await store.ledger_entries(G, 0, NOW + 1)) == [entry]
+    [audit] = await store.recent_audit(G, 10)
+    assert audit.action == "ledger.grant" and audit.actor_id == ADMIN
+    assert audit.detail == {"user_id": U, "kind": "grant", "amount": 7, "reason": "thanks", "entry_id": entry.id}
+    for kind, amount in ((EntryKind.CAPTURE, 5), (EntryKind.GRANT, 0), (EntryKind.DEDUCT, -3)):
+        with pytest.raises(ValueError):
+            await store.add_adjustment(G, U, kind, amount, actor_id=ADMIN, reason="", now=NOW)
+
+
+# --- policy, allowances, audit, moderation, small state ---------------------------------------------------
+
+
+async def test_policy_defaults_and_updates_are_audited(store: SqliteStore) -> None:
+    assert await store.get_policy(G) == GuildPolicy(guild_id=G)
+    policy = await store.update_policy(
+        G,
+        actor_id=ADMIN,
+        now=NOW,
+        timezone="Europe/Berlin",
+        default_allowance=Allowance(50, "day"),
+        budget=Allowance(None, "month"),
+        quote_threshold=30,
+    )
+    assert policy == await store.get_policy(G)
+    assert (policy.timezone, policy.default_allowance, policy.budget, policy.quote_threshold) == (
+        "Europe/Berlin",
+        Allowance(50, "day"),
+        Allowance(None, "month"),
+        30,
+    )
+    policy = await store.update_policy(G, actor_id=ADMIN, now=NOW, budget=None, models_allowed_by_default=False)
+    assert policy.budget is None and policy.default_allowance == Allowance(50, "day")
+    assert policy.models_allowed_by_default is False
+    policy = await store.set_model_rule(G, "model-a", True, actor_id=ADMIN, now=NOW)
+    assert policy.model_rules == {"model-a": True} and policy.is_model_allowed("model-a")
+    assert not policy.is_model_allowed("model-b")
+    policy = await store.set_model_rule(G, "model-a", None, actor_id=ADMIN, now=NOW)
+    assert policy.model_rules == {}
+    with pytest.raises(ValueError):
+        await store.update_policy(G, actor_id=ADMIN, now=NOW, model_rules={})
+    audit = await store.recent_audit(G, 10)
+    assert [a.action for a in audit] == ["policy.model_rule", "policy.model_rule", "policy.update", "policy.update"]
+    assert audit[-1].detail["default_allowance"] == {"amount": 50, "period": "day"}
+    assert await store.get_policy(G + 1) == GuildPolicy(guild_id=G + 1)
+
+
+async def test_role_and_member_allowances_are_audited(store: SqliteStore) -> None:
+    await store.set_role_allowance(G, 1, Allowance(100, "week"), actor_id=ADMIN, now=NOW)
+    await store.set_role_allowance(G, 2, Allowance(None, "unlimited"), actor_id=ADMIN, now=NOW)
+    await store.set_role_allowance(G, 1, Allowance(120, "week"), actor_id=ADMIN, now=NOW)
+    assert await store.role_allowances(G) == {1: Allowance(120, "week"), 2: Allowance(None, "unlimited")}
+    await store.set_role_allowance(G, 2, None, actor_id=ADMIN, now=NOW)
+    assert await store.role_allowances(G) == {1: Allowance(120, "week")}
+    assert await store.member_allowance(G, U) is None
+    await store.set_member_allowance(G, U, Allowance(5, "day"), actor_id=ADMIN, now=NOW)
+    assert await store.member_allowance(G, U) == Allowance(5, "day")
+    await store.set_member_allowance(G, U, None, actor_id=ADMIN, now=NOW)
+    assert await store.member_allowance(G, U) is None
+    actions = [a.action for a in await store.recent_audit(G, 10)]
+    assert actions == ["allowance.member"] * 2 + ["allowance.role"] * 4
+    assert len(await store.recent_audit(G, 2)) == 2
+
+
+async def test_blocked_terms_are_audited(store: SqliteStore) -> None:
+    term = await store.add_blocked_term(G, r"\bgore\b", True, actor_id=ADMIN, now=NOW)
+    other = await store.add_blocked_term(G, "spoiler", False, actor_id=ADMIN, now=NOW)
+    assert await store.blocked_terms(G) == [term, other]
+    assert term.is_regex and term.created_by == ADMIN
+    assert await store.remove_blocked_term(G, term.id, actor_id=ADMIN, now=NOW) is True
+    assert await store.remove_blocked_term(G, term.id, actor_id=ADMIN, now=NOW) is False
+    assert await store.remove_blocked_term(G + 1, other.id, actor_id=ADMIN, now=NOW) is False
+    assert await store.blocked_terms(G) == [other]
+    audit = await store.recent_audit(G, 10)
+    assert [a.action for a in audit] == ["blocked_term.remove", "blocked_term.add", "blocked_term.add"]
+    assert audit[0].detail["term_id"] == term.id and audit[-1].detail["term_id"] == term.id
+
+
+async def test_durations_keep_the_newest(store: SqliteStore) -> None:
+    for i in range(DURATIONS_KEPT_PER_MODEL + 20):
+        await store.record_duration("model-a", float(i), now=NOW + i)
+    await store.record_duration("model-b", 3.5, now=NOW)
+    newest = await store.recent_durations("model-a", 1000)
+    assert len(newest) == DURATIONS_KEPT_PER_MODEL and newest[:2] == [119.0, 118.0]
+    assert await store.recent_durations("model-b", 5) == [3.5]
+
+
+async def test_meta(store: SqliteStore) -> None:
+    assert await store.get_meta("k") is None
+    await store.set_meta("k", "1")
+    await store.set_meta("k", "2")
+    assert await store.get_meta("k") == "2"
+
+
+# --- two processes on one file ----------------------------------------------------------------------------
+
+
+async def test_two_stores_on_one_file_never_overspend(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    limits = HoldLimits(allowance=100, period_start=0.0)
+    async with SqliteStore(path) as first, SqliteStore(path) as second:
+        stores = (first, second)
+        results = await asyncio.gather(
+            *(
+                stores[i % 2].create_job_with_hold(new_job(f"j{i}", count=1, price=7), limits, now=NOW)
+                for i in range(40)
+            ),
+            return_exceptions=True,
+        )
+        held = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
+        assert len(held) == 100 // 7 and len(refused) == 40 - 100 // 7
+        assert all(r.params == {"needed": 7, "available": 100 - 7 * 14} for r in refused)
+        # settle from both sides at once: each job captured once
+        settled = await asyncio.gather(
+            *(s.finish_job(job.id, JobStatus.DELIVERED, delivered_count=1, now=NOW) for job in held for s in stores)
+        )
+        assert sum(r is not None for r in settled) == len(held)
+        totals = await first.member_totals(G, U, 0.0)
+        assert (totals.captured, totals.held) == (7 * 14, 0)
