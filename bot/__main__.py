@@ -47,12 +47,18 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
         services = Services.build(settings, session, store)
         async with ImagineBot(settings, services) as bot:
             loop = asyncio.get_running_loop()
+            handled = []
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
-            if on_ready is not None:
-                on_ready(bot)
-            await bot.start(settings.discord_token.get_secret_value())
+                    handled.append(sig)
+            try:
+                if on_ready is not None:
+                    on_ready(bot)
+                await bot.start(settings.discord_token.get_secret_value())
+            finally:
+                for sig in handled:
+                    loop.remove_signal_handler(sig)
 
 
 def main() -> None:

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     # Discord
     dev_guild_id: int | None = None
     sync_commands: Literal["auto", "always", "never"] = "auto"
+    guild_ready_timeout: float = Field(default=2.0, ge=0, le=60)
 
     # Catalog and defaults
     model_catalog_path: Path | None = None
@@ -60,7 +61,6 @@ class Settings(BaseSettings):
     # Operations
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
-    health_port: int | None = None
 
     @field_validator("gateway_base_url")
     @classmethod

@@ -92,6 +92,7 @@ class ImagineBot(commands.Bot):
             tree_cls=ImagineTree,
             allowed_mentions=NO_MENTIONS,
             help_command=None,
+            guild_ready_timeout=settings.guild_ready_timeout,
         )
         self.settings = settings
         self.services = services

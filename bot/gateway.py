@@ -55,9 +55,7 @@ PollState = Literal["done", "pending", "failed"]
 
 DONE_STATUSES = frozenset({"completed", "succeeded", "success", "done"})
 FAILED_STATUSES = frozenset({"failed", "failure", "error", "canceled", "cancelled", "aborted", "expired"})
-PENDING_STATUSES = frozenset(
-    {"processing", "starting", "queued", "in_queue", "in_progress", "pending", "running"}
-)
+PENDING_STATUSES = frozenset({"processing", "starting", "queued", "in_queue", "in_progress", "pending", "running"})
 
 _POLICY_RE = re.compile(r"content[ _-]?polic|safety|moderation|nsfw|flagged", re.IGNORECASE)
 REASON_MAX_CHARS = 200
@@ -284,9 +282,7 @@ class GatewayClient:
         except aiohttp.ClientConnectorError:
             raise
         except TimeoutError as exc:  # aiohttp's timeouts subclass the builtin TimeoutError
-            raise GatewayTimeoutError(
-                f"{what}: no answer within {self.request_timeout:g}s", status=None
-            ) from exc
+            raise GatewayTimeoutError(f"{what}: no answer within {self.request_timeout:g}s", status=None) from exc
         except aiohttp.ClientError as exc:
             raise GatewayUnavailableError(f"{what}: {type(exc).__name__}", status=None) from exc
 
@@ -295,9 +291,7 @@ class GatewayClient:
     ) -> NoReturn:
         code, message = _error_fields(body)
         message = self._redact(message)
-        detail = (
-            f"{what}: HTTP {status}" + (f" ({code})" if code else "") + (f": {message}" if message else "")
-        )
+        detail = f"{what}: HTTP {status}" + (f" ({code})" if code else "") + (f": {message}" if message else "")
         if status == 401:
             raise GatewayAuthError(detail, status=status)
         if status == 402:
@@ -348,9 +342,7 @@ class GatewayClient:
             elif isinstance(url, str) and url.startswith(("https://", "http://")):
                 urls.append(url)
             else:
-                raise MalformedResponseError(
-                    f"{what}: an image entry has neither url nor b64_json", status=status
-                )
+                raise MalformedResponseError(f"{what}: an image entry has neither url nor b64_json", status=status)
         images = list(await asyncio.gather(*(decode_image_async(v) for v in inline)))
         if download_urls and urls:
             images.extend(await self.download_all(urls))
@@ -399,9 +391,7 @@ class GatewayClient:
         for key in ("error", "message", "detail", "logs_error"):
             value = answer.get(key)
             if value not in (None, "", [], {}):
-                _, message = (
-                    _fields_from_json({key: value}) if key != "message" else (None, _trim(str(value)))
-                )
+                _, message = _fields_from_json({key: value}) if key != "message" else (None, _trim(str(value)))
                 if message:
                     return message
         return f"status {raw_status}" if raw_status else "failed"
@@ -434,9 +424,7 @@ class GatewayClient:
             images, urls = await self._images_from_data(answer.get("data"), status, what, download_urls=False)
             return PollResult("done", urls=urls, images=images, raw_status=raw_status)
         if normalized in FAILED_STATUSES or has_error:
-            return PollResult(
-                "failed", message=self._failure_message(answer, raw_status), raw_status=raw_status
-            )
+            return PollResult("failed", message=self._failure_message(answer, raw_status), raw_status=raw_status)
         if not normalized and has_data:
             # No status at all but images: treat as done rather than poll a finished job until the deadline.
             images, urls = await self._images_from_data(answer.get("data"), status, what, download_urls=False)
@@ -494,12 +482,8 @@ class GatewayClient:
             except (GatewayTimeoutError, GatewayUnavailableError, UpstreamError, RateLimitedError) as exc:
                 failures += 1
                 last_error = exc
-                backoff = self._backoff(
-                    failures, exc.retry_after if isinstance(exc, RateLimitedError) else None
-                )
-                log.info(
-                    "poll of %s failed (%s); retrying in %.1fs", operation_id, type(exc).__name__, backoff
-                )
+                backoff = self._backoff(failures, exc.retry_after if isinstance(exc, RateLimitedError) else None)
+                log.info("poll of %s failed (%s); retrying in %.1fs", operation_id, type(exc).__name__, backoff)
                 continue
             failures, backoff, last_error = 0, 0.0, None
             answered = self._clock() - started
@@ -520,16 +504,9 @@ class GatewayClient:
             raise _final(DownloadError("result URL is invalid", status=None)) from exc
         if parsed.scheme == "https" and parsed.host:
             return parsed
-        if (
-            parsed.scheme == "http"
-            and parsed.host
-            and self.allow_loopback_http
-            and _is_loopback_host(parsed.host)
-        ):
+        if parsed.scheme == "http" and parsed.host and self.allow_loopback_http and _is_loopback_host(parsed.host):
             return parsed
-        raise _final(
-            DownloadError(f"refusing to download from a {parsed.scheme or 'schemeless'} URL", status=None)
-        )
+        raise _final(DownloadError(f"refusing to download from a {parsed.scheme or 'schemeless'} URL", status=None))
 
     async def download(self, url: str) -> ImageData:
         """Fetch one result image: https only, size-capped, streamed, checked to be an image off the loop.
@@ -564,9 +541,7 @@ class GatewayClient:
                     if resp.status != 200:
                         raise DownloadError(f"result download: HTTP {resp.status}", status=resp.status)
                     if resp.content_length is not None and resp.content_length > limit:
-                        raise _final(
-                            DownloadError(f"result of {resp.content_length} bytes is too large", status=200)
-                        )
+                        raise _final(DownloadError(f"result of {resp.content_length} bytes is too large", status=200))
                     chunks: list[bytes] = []
                     size = 0
                     async for chunk in resp.content.iter_chunked(_CHUNK):

@@ -33,7 +33,7 @@ from bot.polling import PollPlanner
 from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
-from bot.store.records import JobRecord, JobStatus, NewJob
+from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,7 @@ class JobService:
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
         self._stopping = False
+        self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
 
     # --- lifetime ----------------------------------------------------------------------------------------
@@ -106,6 +107,11 @@ class JobService:
         await self._recover()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
         self._wake.set()
+        self._started.set()
+
+    async def wait_started(self) -> None:
+        """Wait until recovery is done and jobs are being dispatched."""
+        await self._started.wait()
 
     async def shutdown(self, grace: float) -> None:
         """Stop taking jobs; give running jobs `grace` seconds, then leave them persisted for the next start.
@@ -146,7 +152,12 @@ class JobService:
     # --- member actions ----------------------------------------------------------------------------------
 
     async def submit(self, job: NewJob, role_ids: Sequence[int]) -> JobRecord:
-        """Hold the job's credits and queue it. Raises a `RequestError` (nothing written) when refused."""
+        """Hold the job's credits and queue it. Raises a `RequestError` (nothing written) when refused.
+
+        A job submitted without `reply_message_id` waits in the queue until `attach_reply` gives it the
+        message it will live in: the front end holds first (so that a refusal is its first answer) and
+        creates the reply after.
+        """
         if self._stopping:
             raise ShuttingDownError()
         record = await self._ledger.hold_for_job(job, role_ids)
@@ -158,6 +169,14 @@ class JobService:
             record.model,
             record.count,
             record.hold_amount,
+        )
+        self._wake.set()
+        return record
+
+    async def attach_reply(self, job_id: str, reply_message_id: int, **interaction: object) -> JobRecord | None:
+        """Give a queued job its reply message (and interaction token fields); it may start from now on."""
+        record = await self._store.update_job(
+            job_id, expect=[JobStatus.QUEUED], reply_message_id=reply_message_id, **interaction
         )
         self._wake.set()
         return record
@@ -201,8 +220,9 @@ class JobService:
 
     async def _dispatch(self) -> None:
         active = await self._store.active_jobs()
-        queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks]
-        running = [j for j in active if j.status != JobStatus.QUEUED or j.id in self._tasks]
+        # A queued job without its reply yet is still being acknowledged by the front end: not startable.
+        queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
+        running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
         for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
             claimed = await self._store.update_job(
                 job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
@@ -298,7 +318,9 @@ class JobService:
         result = await self._gateway.wait_for_result(
             job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at)
         )
-        await self._planner.record(job.model, max(0.0, self._clock() - submitted_at))
+        # The gateway's estimate excludes our own detection lag, which would teach the schedule to poll late.
+        duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
+        await self._planner.record(job.model, max(0.0, duration))
         await self._store.update_job(job.id, completed_at=self._clock())
         if result.images:
             return result.images
@@ -345,8 +367,13 @@ class JobService:
         """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones."""
         presenter = self._require_presenter()
         for job in await self._store.active_jobs():
-            if job.status == JobStatus.QUEUED:
+            if job.status == JobStatus.QUEUED and job.reply_message_id:
                 continue  # the dispatcher starts it
+            if job.status == JobStatus.QUEUED:
+                # Held, but the process died before the member was answered: nobody waits for it.
+                log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
+                await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
+                continue
             if job.id in self._tasks:
                 continue
             if job.status == JobStatus.DELIVERING:

@@ -110,6 +110,7 @@ EN: dict[str, str] = {
         "This costs **{total} credits** ({count} × {price} for `{model}`). "
         "You will have {after} credits left. Go ahead?"
     ),
+    "quote.confirmed": "Confirmed.",
     "quote.cancelled": "Cancelled. Nothing was charged.",
     "quote.expired": "This quote expired. Run `/imagine` again.",
     # Admin

@@ -1,8 +1,9 @@
 """From an interaction to a queued job: the one path shared by /imagine, Re-roll and a confirmed quote.
 
-Order matters for the books and for the 3 s deadline: every check that can refuse without spending runs
-first and answers ephemerally; then the bot acknowledges (the reply a job lives in), then it holds
-credits. A refusal at the hold deletes the reply and explains ephemerally, with nothing written.
+Order matters for the books and for the 3 s deadline: every check that can refuse runs first, then the
+credits are held (one short transaction), and only then does the bot acknowledge. So every refusal,
+the hold's included, is the interaction's first answer: one ephemeral message, with nothing written.
+The job waits in the queue until its reply message exists.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from bot.errors import (
     InsufficientCreditsError,
     ModelDisabledError,
     PromptTooLongError,
-    RequestError,
     ShuttingDownError,
 )
-from bot.messages import error_text, text
+from bot.messages import text
 from bot.services import Services
 from bot.store.records import NewJob
 
@@ -107,16 +107,8 @@ async def launch_job(
         )
         return
 
-    # Acknowledge: the message this job will live in.
-    if confirmed:
-        await interaction.response.edit_message(content=text("status.submitting", locale), view=None)
-        reply = await interaction.followup.send(
-            text("status.submitting", locale), wait=True, allowed_mentions=NO_MENTIONS
-        )
-    else:
-        await interaction.response.defer(thinking=True)
-        reply = await interaction.original_response()
-
+    # Hold first, so that a refusal (credits, budget) is our first answer and ephemeral; the hold is one
+    # short transaction, far inside Discord's 3 seconds.
     job = NewJob(
         id=uuid.uuid4().hex,
         guild_id=guild_id,
@@ -133,15 +125,22 @@ async def launch_job(
         application_id=interaction.application_id,
         interaction_token=interaction.token,
         token_expires_at=interaction.created_at.timestamp() + INTERACTION_TOKEN_LIFETIME,
-        reply_message_id=reply.id,
         upload_limit=interaction.filesize_limit,
     )
+    await services.jobs.submit(job, roles)
+
+    # Acknowledge: the message the job lives in. If Discord refuses, nobody will see the job: refund it.
     try:
-        await services.jobs.submit(job, roles)
-    except RequestError as error:
-        # Refused at the hold (credits, budget, shutdown): nothing was written; take the reply back.
-        try:
-            await reply.delete()
-        except discord.HTTPException:
-            log.warning("could not delete the reply of refused job %s", job.id, exc_info=True)
-        await interaction.followup.send(error_text(error, locale), ephemeral=True, allowed_mentions=NO_MENTIONS)
+        if confirmed:
+            await interaction.response.edit_message(content=text("quote.confirmed", locale), view=None)
+            reply: discord.Message | discord.WebhookMessage = await interaction.followup.send(
+                text("status.submitting", locale), wait=True, allowed_mentions=NO_MENTIONS
+            )
+        else:
+            await interaction.response.defer(thinking=True)
+            reply = await interaction.original_response()
+    except discord.HTTPException:
+        log.warning("could not acknowledge job %s; cancelling it", job.id, exc_info=True)
+        await services.jobs.cancel(job.id, interaction.user.id)
+        raise
+    await services.jobs.attach_reply(job.id, reply.id)

@@ -6,6 +6,7 @@ A recording presenter stands in for Discord. Every test checks the books: what w
 from __future__ import annotations
 
 import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob
 from tests.fakes.fake_gateway import FakeGateway, Reply
 
 GUILD, CHANNEL = 1, 2
+_message_ids = itertools.count(1000)
 
 
 @dataclass
@@ -174,6 +176,7 @@ def new_job(
         params=params if params is not None else {},
         options={},
         mode=mode,  # type: ignore[arg-type]
+        reply_message_id=next(_message_ids),
     )
 
 

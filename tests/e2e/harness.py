@@ -1,0 +1,155 @@
+"""Run the bot as production does (`bot.__main__.run`) against the fake Discord and the fake gateway.
+
+A `World` owns both fakes and one database; `start()` boots a bot process, `stop()` shuts it down as
+SIGTERM would, and `start()` again is a restart on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bot.__main__ import run
+from bot.config import Settings
+from bot.discord_app import ImagineBot
+from bot.store import open_store
+from bot.store.base import Store
+from bot.store.records import EntryKind, JobRecord
+from tests.fakes.fake_discord import DEFAULT_TOKEN, FakeDiscord, FakeInteraction, FakeMessage, MessageRevision
+from tests.fakes.fake_gateway import FakeGateway
+
+WAIT = 20.0  # seconds any single wait may take before the test fails
+
+
+@dataclass
+class World:
+    fd: FakeDiscord
+    gw: FakeGateway
+    tmp: Path
+    overrides: dict[str, Any] = field(default_factory=dict)
+    bot: ImagineBot | None = None
+    _task: asyncio.Task[None] | None = None
+    _patch: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = dict(
+            discord_token=DEFAULT_TOKEN,
+            gateway_api_key=self.gw.api_key,
+            gateway_base_url=self.gw.base_url,
+            database_url=f"sqlite:///{self.tmp / 'bot.db'}",
+            allow_loopback_http=True,
+            dev_guild_id=self.fd.guild.id if self.fd.guild else None,
+            progress_edit_interval=0.2,
+            poll_default_expected_seconds=0.5,
+            poll_min_interval=0.05,
+            poll_max_interval=0.25,
+            shutdown_grace_seconds=0.5,
+            quote_threshold=0,
+            guild_ready_timeout=0.05,
+        )
+        values.update(self.overrides)
+        values.update(overrides)
+        return Settings(_env_file=None, **values)
+
+    async def start(self, **overrides: Any) -> ImagineBot:
+        """Boot the bot through the production start-up path and wait until it takes jobs."""
+        assert self._task is None, "already running"
+        self._patch.enter_context(self.fd.patch_discord())
+        started: asyncio.Future[ImagineBot] = asyncio.get_running_loop().create_future()
+        before = self.fd.identify_count
+        self._task = asyncio.create_task(run(self.settings(**overrides), on_ready=started.set_result), name="bot")
+        done, _ = await asyncio.wait({self._task, started}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            self._task.result()
+            raise RuntimeError("the bot stopped during start-up")
+        bot = self.bot = started.result()
+        await asyncio.wait_for(bot.wait_until_ready(), WAIT)
+        assert self.fd.identify_count > before, "a new gateway session"
+        await asyncio.wait_for(bot.services.jobs.wait_started(), WAIT)
+        return bot
+
+    async def stop(self) -> None:
+        """Shut the bot down as SIGTERM does (stop taking jobs, persist running ones, disconnect)."""
+        if self._task is None:
+            return
+        assert self.bot is not None
+        await self.bot.close()
+        await asyncio.wait_for(self._task, WAIT)
+        self._task = None
+        self.bot = None
+        self._patch.close()
+
+    @property
+    def store(self) -> Store:
+        assert self.bot is not None, "the bot is not running"
+        return self.bot.services.store
+
+    async def imagine(self, prompt: str, *, user: Any = None, **options: Any) -> FakeInteraction:
+        """Run /imagine as a member."""
+        return await self.fd.send_slash_command("imagine", {"prompt": prompt, **options}, user=user)
+
+    async def command(self, path: str, options: dict[str, Any] | None = None, **kwargs: Any) -> FakeInteraction:
+        """Run any slash command (`"quota grant"`, ...) and wait for Discord to get its answer."""
+        fi = await self.fd.send_slash_command(path, options or {}, **kwargs)
+        await fi.wait_for_callback(WAIT)
+        return fi
+
+    async def finished(self, fi: FakeInteraction) -> FakeMessage:
+        """The job's reply once it shows a result or a failure, and once the job is settled."""
+        message = await fi.wait_for_message_state(lambda m: _status(m) in ("done", "failed"), WAIT)
+        job = await self.job_of(fi)
+        assert self.bot is not None
+        await asyncio.wait_for(self.bot.services.jobs.join(job.id), WAIT)
+        return message
+
+    async def job_of(self, fi: FakeInteraction) -> JobRecord:
+        """The stored job created by an interaction, found by its reply message.
+
+        The reply exists before the hold; its first edit comes from the job, so the row exists by then.
+        """
+        await fi.wait_for_edit(None, WAIT)
+        assert fi.message is not None
+        jobs = await self.store.active_jobs() + await self.store.recent_jobs(fi.guild_id or 0, fi.user.id, 100)
+        for job in jobs:
+            if job.reply_message_id == fi.message.id:
+                return job
+        raise AssertionError(f"no job for reply {fi.message.id}")
+
+    async def ledger_of(self, job_id: str) -> dict[EntryKind, int]:
+        """Ledger totals by kind for one job."""
+        totals: dict[EntryKind, int] = {}
+        job = await self.store.get_job(job_id)
+        assert job is not None
+        for entry in await self.store.ledger_entries(job.guild_id, 0, 1e12):
+            if entry.job_id == job_id:
+                totals[entry.kind] = totals.get(entry.kind, 0) + entry.amount
+        return totals
+
+    async def open_store(self) -> Store:
+        """A store on the bot's database while the bot is stopped (close it when done)."""
+        store = open_store(self.settings().database_url)
+        await store.open()
+        return store
+
+
+def _status(message: FakeMessage | MessageRevision) -> str | None:
+    """What the reply says: "done", "failed" or None (still working), from its embed's colour and files."""
+    if message.attachments:
+        return "done"
+    for embed in message.embeds:
+        for item in embed.get("fields", []):
+            if item.get("name") == "Status" and item.get("value", "").startswith(("Failed", "Cancelled")):
+                return "failed"
+    return None
+
+
+def status_line(message: FakeMessage | MessageRevision) -> str:
+    """The status field of the reply's first embed."""
+    for embed in message.embeds:
+        for item in embed.get("fields", []):
+            if item.get("name") == "Status":
+                return str(item.get("value", ""))
+    return ""

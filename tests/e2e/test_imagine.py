@@ -1,0 +1,191 @@
+"""/imagine end to end: the real discord.py client against the fake Discord, the fake gateway behind it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from bot.store.records import EntryKind, JobStatus
+from tests.e2e.harness import WAIT, World, status_line
+from tests.fakes.fake_discord import CallbackType
+from tests.fakes.fake_gateway import Reply
+
+
+async def test_sync_model_delivers_pngs_with_progress_and_exact_charge(running: World) -> None:
+    fi = await running.imagine("a lighthouse in a storm", model="gemini-2.5-flash-image", count=3, aspect_ratio="16:9")
+    callback = await fi.wait_for_callback(WAIT)
+    assert callback.type == CallbackType.DEFERRED_CHANNEL_MESSAGE and not callback.ephemeral
+    message = await running.finished(fi)
+
+    assert len(message.attachments) == 3 and all(a.is_png for a in message.attachments)
+    shown = [e.get("image", {}).get("url", "") for e in message.embeds]
+    assert [url.split("?")[0].rsplit("/", 1)[-1] for url in shown] == [a.filename for a in message.attachments]
+    progress = [edit for edit in fi.edits if not edit.attachments]
+    assert progress and fi.edits.index(progress[0]) < len(fi.edits) - 1, "progress edits came before the result"
+    assert "Charged 117 credits · 383 left" in status_line(message)
+
+    job = await running.job_of(fi)
+    assert job.status == JobStatus.DELIVERED and job.charged == 117
+    assert await running.ledger_of(job.id) == {EntryKind.HOLD: 117, EntryKind.CAPTURE: 117}
+    (post,) = running.gw.posts
+    assert post.json == {
+        "model": "gemini-2.5-flash-image",
+        "prompt": "a lighthouse in a storm",
+        "aspect_ratio": "16:9",
+        "number_of_images": 3,
+    }
+    assert post.headers["Authorization"] == f"Bearer {running.gw.api_key}"
+
+
+async def test_async_model_is_polled_downloaded_and_delivered(running: World) -> None:
+    running.gw.configure("xai/grok-imagine-image", completion_delay=0.6)
+    fi = await running.imagine("a city of glass", model="xai/grok-imagine-image")
+    message = await running.finished(fi)
+    assert len(message.attachments) == 1 and message.attachments[0].is_png
+    assert any(status_line(edit).startswith("Generating") for edit in fi.edits)
+    job = await running.job_of(fi)
+    assert job.operation_id and running.gw.polls_of(job.operation_id) >= 1
+    assert await running.ledger_of(job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
+
+
+FAILURES = [
+    ("401", Reply.error(401, "authentication_error - invalid key"), "image service key was rejected"),
+    ("402", Reply.error(402, "insufficient credits"), "credits are used up"),
+    ("403", Reply.error(403, "model not enabled"), "not enabled for this bot's image service account"),
+    ("404", Reply.error(404, "unknown model"), "does not know the model"),
+    ("422", Reply.validation(["body", "prompt"], "field required"), "rejected the request"),
+    ("429", Reply.rate_limited(30), "busy right now"),
+    ("500", Reply.error(500, "boom"), "provider had an error"),
+    ("malformed", Reply.malformed_json(), "not an image"),
+    ("content-policy", Reply.content_policy(), "content policy"),
+]
+
+
+@pytest.mark.parametrize(("label", "reply", "words"), FAILURES, ids=[f[0] for f in FAILURES])
+async def test_each_gateway_failure_releases_the_hold_and_explains(
+    running: World, label: str, reply: Reply, words: str
+) -> None:
+    running.gw.enqueue(reply, method="POST")
+    fi = await running.imagine("a quiet forest", model="gemini-2.5-flash-image")
+    message = await running.finished(fi)
+    line = status_line(message)
+    assert words in line and "refunded" in line
+    assert "Traceback" not in line and "authentication_error" not in line
+    job = await running.job_of(fi)
+    assert job.status == JobStatus.FAILED
+    assert await running.ledger_of(job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+@pytest.mark.parametrize("payload", ["bad_base64", "not_image"])
+async def test_bad_image_payload_releases_the_hold(running: World, payload: str) -> None:
+    running.gw.configure("gemini-2.5-flash-image", payload=payload)
+    fi = await running.imagine("a teapot", model="gemini-2.5-flash-image")
+    message = await running.finished(fi)
+    assert "not an image" in status_line(message)
+    job = await running.job_of(fi)
+    assert await running.ledger_of(job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+async def test_download_failure_and_timeout_release_the_hold(world: World) -> None:
+    await world.start(poll_deadline_seconds=1.0)
+    world.gw.configure("black-forest-labs/flux-1.1-pro", completion_delay=0.1, result_missing=True)
+    fi = await world.imagine("a red door", model="black-forest-labs/flux-1.1-pro")
+    assert "could not be downloaded" in status_line(await world.finished(fi))
+    world.gw.configure("xai/grok-imagine-image", completion_delay=60)
+    slow = await world.imagine("a slow river", model="xai/grok-imagine-image")
+    assert "took too long" in status_line(await world.finished(slow))
+    for interaction, price in ((fi, 40), (slow, 20)):
+        job = await world.job_of(interaction)
+        assert await world.ledger_of(job.id) == {EntryKind.HOLD: price, EntryKind.RELEASE: price}
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"model": "gpt-image-1", "aspect_ratio": "16:9"}, "does not take the option aspect_ratio"),
+        ({"model": "gemini-2.5-flash-image", "count": 5}, "1 to 4 images"),
+        ({"model": "runwayml/gen4-image", "size": "4K"}, "not a valid size"),
+        ({"model": "dall-e-9"}, "There is no model called"),
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"prompt": "x" * 1501}, "limit is 1500"),
+    ],
+)
+async def test_refused_request_gets_one_ephemeral_message_and_changes_nothing(
+    running: World, options: dict[str, object], words: str
+) -> None:
+    prompt = str(options.pop("prompt", "a cat"))
+    fi = await running.imagine(prompt, **options)
+    callback = await fi.wait_for_callback(WAIT)
+    assert callback.type == CallbackType.CHANNEL_MESSAGE and callback.ephemeral
+    assert words in callback.data["content"]
+    assert running.gw.posts == []
+    assert await running.store.ledger_entries(fi.guild_id, 0, 1e12) == []
+    assert await running.store.active_jobs() == []
+
+
+async def test_twenty_concurrent_requests_at_the_edge_never_overspend(running: World) -> None:
+    running.gw.configure("gemini-2.5-flash-image", sync_delay=0.3)
+    # 500 credits buy 12 images at 39; twenty members' worth of requests arrive at once.
+    interactions = await asyncio.gather(
+        *(running.imagine(f"fox {i}", model="gemini-2.5-flash-image") for i in range(20))
+    )
+    await asyncio.gather(*(fi.wait_for_callback(WAIT) for fi in interactions))
+
+    refused = [fi for fi in interactions if fi.callback.type == CallbackType.CHANNEL_MESSAGE]
+    accepted = [fi for fi in interactions if fi.callback.type == CallbackType.DEFERRED_CHANNEL_MESSAGE]
+    assert len(accepted) == 12 and len(refused) == 8
+    for fi in refused:
+        assert fi.callback.ephemeral and "This needs 39 credits and you have" in fi.callback.data["content"]
+    delivered = [await running.finished(fi) for fi in accepted]
+    assert all(len(message.attachments) == 1 for message in delivered)
+    balance = await running.bot.services.ledger.balance(running.fd.guild.id, running.fd.alice.id, [])  # type: ignore[union-attr]
+    assert balance.available == 500 - 12 * 39 and balance.held == 0
+    assert len(running.gw.posts) == 12
+
+
+async def test_everyone_in_a_prompt_pings_nobody(running: World) -> None:
+    fi = await running.imagine("@everyone look at <@&123> and <@456>", model="gemini-2.5-flash-image")
+    message = await running.finished(fi)
+    users, roles, everyone = message.mentions
+    assert (users, roles, everyone) == (set(), set(), False)
+    for revision in fi.edits:
+        allowed = revision.payload.get("allowed_mentions")
+        assert allowed is not None and allowed.get("parse") == []
+
+
+async def test_models_and_credits_commands(running: World) -> None:
+    fi = await running.command("models list")
+    embed = fi.callback.data["embeds"][0]  # type: ignore[union-attr]
+    assert fi.callback.ephemeral  # type: ignore[union-attr]
+    assert (
+        "`stability-ai/sdxl` · Stability AI (Replicate) · 5 credits/image · queued · options: none"
+        in embed["description"]
+    )
+    assert "`gpt-image-1-mini` · OpenAI · 8 credits/image · instant" in embed["description"]
+
+    done = await running.imagine("a kite", model="gpt-image-1-mini")
+    await running.finished(done)
+    credits = await running.command("credits")
+    fields = {f["name"]: f["value"] for f in credits.callback.data["embeds"][0]["fields"]}  # type: ignore[union-attr]
+    assert fields["Available"] == "492" and fields["Held for running jobs"] == "0"
+    assert "`gpt-image-1-mini` · 1 image(s) · delivered · 8 credits" in fields["Recent jobs"]
+
+
+async def test_model_autocomplete_shows_prices_and_model_options(running: World) -> None:
+    fi = await running.fd.send_autocomplete("imagine", {"prompt": "x", "model": "gpt"}, focused="model")
+    choices = await fi.wait_for(lambda f: f.autocomplete_choices, WAIT)
+    assert {"name": "gpt-image-1-mini · 8 credits/image", "value": "gpt-image-1-mini"} in choices
+    assert all(c["value"].startswith("gpt") for c in choices)
+    sizes = await running.fd.send_autocomplete(
+        "imagine", {"prompt": "x", "model": "runwayml/gen4-image", "size": ""}, focused="size"
+    )
+    assert [c["value"] for c in await sizes.wait_for(lambda f: f.autocomplete_choices, WAIT)] == ["720p", "1080p"]
+
+
+async def test_commands_sync_only_when_changed(world: World) -> None:
+    await world.start()
+    assert len(world.fd.command_syncs) == 1
+    await world.stop()
+    await world.start()
+    assert len(world.fd.command_syncs) == 1, "same commands: no second sync"
