@@ -1,10 +1,11 @@
 """Throughput of the credit path: hold (Ledger.hold_for_job) then finish_job(DELIVERED), per member task.
 
-    .venv/bin/python -m bench.bench_ledger [--members 100] [--pairs 20000]
+    .venv/bin/python -m bench.bench_ledger [--members 100] [--pairs 20000] [--budget]
 
 Runs on a SQLite file in a temporary directory (WAL, synchronous=NORMAL, as the bot runs). Every member has
 an allowance large enough never to refuse, so each pair is one hold and one capture. Prints pairs per
-second, the total, and p50/p99 latency of one pair (hold + capture) as a member task sees it.
+second, the total, and p50/p99 latency of one pair (hold + capture) as a member task sees it. With
+`--budget` the server also has a (never reached) budget, so every hold sums the server's spend too.
 """
 
 from __future__ import annotations
@@ -44,11 +45,15 @@ async def _member(ledger: Ledger, user_id: int, pairs: int, latencies: list[floa
         latencies.append(time.perf_counter() - started)
 
 
-async def run(members: int, pairs: int) -> None:
+async def run(members: int, pairs: int, *, budget: bool = False) -> None:
     per_member = max(1, pairs // members)
     with tempfile.TemporaryDirectory() as tmp:
         async with SqliteStore(str(Path(tmp) / "bench.db")) as store:
             ledger = Ledger(store, default_allowance=Allowance(amount=10**12, period="month"))
+            if budget:
+                await store.update_policy(
+                    GUILD_ID, actor_id=0, now=time.time(), budget=Allowance(amount=10**12, period="month")
+                )
             latencies: list[float] = []
             started = time.perf_counter()
             await asyncio.gather(*(_member(ledger, 1000 + m, per_member, latencies) for m in range(members)))
@@ -57,7 +62,7 @@ async def run(members: int, pairs: int) -> None:
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[min(total - 1, int(total * 0.99))] * 1000
-    print(f"members={members} pairs={total} elapsed={elapsed:.2f}s")
+    print(f"members={members} pairs={total} budget={'on' if budget else 'off'} elapsed={elapsed:.2f}s")
     print(f"throughput: {total / elapsed:,.0f} pairs/s")
     print(f"latency per pair: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
 
@@ -66,8 +71,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--pairs", type=int, default=20_000, help="total hold+capture pairs")
+    parser.add_argument("--budget", action="store_true", help="give the server a budget (never reached)")
     args = parser.parse_args()
-    asyncio.run(run(args.members, args.pairs))
+    asyncio.run(run(args.members, args.pairs, budget=args.budget))
 
 
 if __name__ == "__main__":

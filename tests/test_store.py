@@ -4,6 +4,7 @@ and two stores on one file (as two processes) never overspending."""
 from __future__ import annotations
 
 import asyncio
+import random
 import sqlite3
 from pathlib import Path
 
@@ -12,11 +13,12 @@ import pytest
 from bot.errors import BudgetExhaustedError, InsufficientCreditsError
 from bot.store import open_store
 from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
-from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations
+from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
 
 G, U, ADMIN = 100, 200, 999
 NOW = 1_700_000_000.0
 UNLIMITED = HoldLimits(allowance=None, period_start=0.0)
+ADJUSTMENTS = (EntryKind.GRANT, EntryKind.DEDUCT)
 
 
 def new_job(job_id: str, *, user_id: int = U, guild_id: int = G, count: int = 2, price: int = 5, **extra) -> NewJob:
@@ -382,3 +384,57 @@ async def test_two_stores_on_one_file_never_overspend(tmp_path: Path) -> None:
         assert sum(r is not None for r in settled) == len(held)
         totals = await first.member_totals(G, U, 0.0)
         assert (totals.captured, totals.held) == (7 * 14, 0)
+
+
+# --- running totals (migration 0002) ------------------------------------------------------------------------
+
+
+async def test_period_sums_are_exact_for_any_period_start(store: SqliteStore) -> None:
+    rng = random.Random(7)
+    base = 1_700_000_123.25  # not on a 15-minute boundary
+    aligned = 1_700_001_000.0  # a 15-minute boundary: lines at it and just after it are edge cases
+    times = sorted([base + rng.uniform(0, 6 * 3600) for _ in range(60)] + [aligned, aligned + 0.5])
+    for n, t in enumerate(times):
+        user = U + n % 2
+        if n % 3 == 0:
+            kind = EntryKind.GRANT if n % 2 else EntryKind.DEDUCT
+            await store.add_adjustment(G, user, kind, 1 + n, actor_id=ADMIN, reason="", now=t)
+        else:
+            await store.create_job_with_hold(new_job(f"j{n}", user_id=user, count=1, price=n), UNLIMITED, now=t)
+            if n % 4:
+                await store.finish_job(f"j{n}", JobStatus.DELIVERED, delivered_count=1, now=t)
+    entries = await store.ledger_entries(G, 0.0, 4e9)
+    starts = [0.0, base - 1, base, *times[::7], times[10] + 1e-6, aligned, aligned + 0.25, times[-1] + 1]
+    for start in starts:
+        for user in (U, U + 1):
+            mine = [e for e in entries if e.user_id == user and e.created_at >= start]
+            granted = sum(e.amount if e.kind is EntryKind.GRANT else -e.amount for e in mine if e.kind in ADJUSTMENTS)
+            captured = sum(e.amount for e in mine if e.kind is EntryKind.CAPTURE)
+            totals = await store.member_totals(G, user, start)
+            assert (totals.granted, totals.captured) == (granted, captured), start
+        held = (await store.member_totals(G, U, 0.0)).held + (await store.member_totals(G, U + 1, 0.0)).held
+        spent = sum(e.amount for e in entries if e.kind is EntryKind.CAPTURE and e.created_at >= start)
+        assert await store.server_spend(G, start) == spent + held, start
+
+
+async def test_later_migration_backfills_an_existing_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    first_version, first_name, first_sql = _load_migrations()[0]
+    with sqlite3.connect(path) as db:  # a database made by a bot that only knew 0001
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL)")
+        for statement in _split_statements(first_sql):
+            db.execute(statement)
+        db.execute("INSERT INTO schema_version VALUES (?, ?, 0)", (first_version, first_name))
+        db.execute(
+            "INSERT INTO ledger (guild_id, user_id, kind, amount, actor_id, created_at)"
+            " VALUES (?, ?, 'grant', 40, ?, ?)",
+            (G, U, ADMIN, NOW),
+        )
+    async with SqliteStore(str(path)) as s:
+        assert (await s.member_totals(G, U, NOW - 3600)).granted == 40
+        await s.add_adjustment(G, U, EntryKind.DEDUCT, 15, actor_id=ADMIN, reason="", now=NOW + 1)
+        assert (await s.member_totals(G, U, NOW - 3600)).granted == 25
+    with sqlite3.connect(path) as db:
+        assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")] == [
+            v for v, _, _ in _load_migrations()
+        ]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -107,17 +108,26 @@ _INSERT_JOB = (
 )
 
 # The member's available credits and the server's spend, as the guard of a new hold sees them.
-_MEMBER_AVAILABLE = """
-:allowance
+# Sums since a period start P: whole 15-minute buckets from B = P rounded up to a bucket (running totals,
+# migration 0002), plus the ledger lines from P to B one by one (none when P starts a bucket, as local
+# midnights do). The bucket expression is the one the trigger uses, so each line counts exactly once.
+_BUCKET_OF = "CAST(created_at / 900 AS INTEGER) * 900"
+_MEMBER_NET = f"""
+(SELECT coalesce(sum(adjusted - captured), 0) FROM member_buckets
+ WHERE guild_id = :guild_id AND user_id = :user_id AND bucket >= :period_bucket)
 + (SELECT coalesce(sum(CASE kind WHEN 'grant' THEN amount ELSE -amount END), 0) FROM ledger
    WHERE guild_id = :guild_id AND user_id = :user_id AND kind IN ('grant', 'deduct', 'capture')
-     AND created_at >= :period_start)
-- (SELECT coalesce(sum(amount), 0) FROM holds
-   WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')
+     AND created_at >= :period_start AND created_at < :period_bucket + 1 AND {_BUCKET_OF} < :period_bucket)
 """
-_SERVER_SPEND = """
-(SELECT coalesce(sum(amount), 0) FROM ledger
- WHERE guild_id = :guild_id AND kind = 'capture' AND created_at >= :budget_start)
+_MEMBER_HELD = """
+(SELECT coalesce(sum(amount), 0) FROM holds WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')
+"""
+_MEMBER_AVAILABLE = f":allowance + {_MEMBER_NET} - {_MEMBER_HELD}"
+_SERVER_SPEND = f"""
+(SELECT coalesce(sum(captured), 0) FROM guild_buckets WHERE guild_id = :guild_id AND bucket >= :budget_bucket)
++ (SELECT coalesce(sum(amount), 0) FROM ledger
+   WHERE guild_id = :guild_id AND kind = 'capture'
+     AND created_at >= :budget_start AND created_at < :budget_bucket + 1 AND {_BUCKET_OF} < :budget_bucket)
 + (SELECT coalesce(sum(amount), 0) FROM holds WHERE guild_id = :guild_id AND state = 'held')
 """
 _INSERT_HOLD = """
@@ -146,15 +156,21 @@ UPDATE jobs SET
 WHERE id = :id AND status IN {_ACTIVE_SQL}
 RETURNING *
 """
-_MEMBER_TOTALS = """
+_MEMBER_TOTALS = f"""
 SELECT
-    coalesce(sum(CASE kind WHEN 'grant' THEN amount WHEN 'deduct' THEN -amount END), 0) AS granted,
-    coalesce(sum(CASE kind WHEN 'capture' THEN amount END), 0) AS captured,
-    (SELECT coalesce(sum(amount), 0) FROM holds
-     WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held') AS held
-FROM ledger
-WHERE guild_id = :guild_id AND user_id = :user_id AND kind IN ('grant', 'deduct', 'capture')
-  AND created_at >= :period_start
+    (SELECT coalesce(sum(adjusted), 0) FROM member_buckets
+     WHERE guild_id = :guild_id AND user_id = :user_id AND bucket >= :period_bucket)
+    + (SELECT coalesce(sum(CASE kind WHEN 'grant' THEN amount ELSE -amount END), 0) FROM ledger
+       WHERE guild_id = :guild_id AND user_id = :user_id AND kind IN ('grant', 'deduct')
+         AND created_at >= :period_start AND created_at < :period_bucket + 1 AND {_BUCKET_OF} < :period_bucket)
+    AS granted,
+    (SELECT coalesce(sum(captured), 0) FROM member_buckets
+     WHERE guild_id = :guild_id AND user_id = :user_id AND bucket >= :period_bucket)
+    + (SELECT coalesce(sum(amount), 0) FROM ledger
+       WHERE guild_id = :guild_id AND user_id = :user_id AND kind = 'capture'
+         AND created_at >= :period_start AND created_at < :period_bucket + 1 AND {_BUCKET_OF} < :period_bucket)
+    AS captured,
+    {_MEMBER_HELD} AS held
 """
 
 _GET_POLICY = """
@@ -195,6 +211,14 @@ def _split_statements(script: str) -> list[str]:
     if rest:
         raise ValueError(f"unterminated statement in migration: {rest[:80]!r}")
     return statements
+
+
+BUCKET_SECONDS = 900
+
+
+def _bucket_after(start: float) -> int:
+    """The first bucket boundary at or after `start` (migration 0002)."""
+    return math.ceil(start / BUCKET_SECONDS) * BUCKET_SECONDS
 
 
 def _dump(value: Any) -> str:
@@ -612,8 +636,10 @@ class SqliteStore(Store):
             now=now,
             allowance=limits.allowance,
             period_start=limits.period_start,
+            period_bucket=_bucket_after(limits.period_start),
             budget=limits.budget,
             budget_start=limits.budget_period_start,
+            budget_bucket=_bucket_after(limits.budget_period_start),
         )
 
         return await self._submit(
@@ -657,13 +683,22 @@ class SqliteStore(Store):
 
     async def member_totals(self, guild_id: int, user_id: int, period_start: float) -> MemberTotals:
         rows = await self._read(
-            _MEMBER_TOTALS, {"guild_id": guild_id, "user_id": user_id, "period_start": period_start}
+            _MEMBER_TOTALS,
+            {
+                "guild_id": guild_id,
+                "user_id": user_id,
+                "period_start": period_start,
+                "period_bucket": _bucket_after(period_start),
+            },
         )
         granted, captured, held = rows[0]
         return MemberTotals(granted=granted, captured=captured, held=held)
 
     async def server_spend(self, guild_id: int, period_start: float) -> int:
-        rows = await self._read(f"SELECT {_SERVER_SPEND}", {"guild_id": guild_id, "budget_start": period_start})
+        rows = await self._read(
+            f"SELECT {_SERVER_SPEND}",
+            {"guild_id": guild_id, "budget_start": period_start, "budget_bucket": _bucket_after(period_start)},
+        )
         return int(rows[0][0])
 
     async def add_adjustment(
