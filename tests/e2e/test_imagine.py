@@ -57,7 +57,14 @@ FAILURES = [
     ("422", Reply.validation(["body", "prompt"], "field required"), "rejected the request"),
     ("429", Reply.rate_limited(30), "busy right now"),
     ("500", Reply.error(500, "boom"), "provider had an error"),
+    (
+        "400",
+        Reply.error(400, "prompt contains unsupported characters"),
+        "rejected the request: prompt contains unsupported characters",
+    ),
+    ("503", Reply.error(503, "upstream unavailable"), "provider had an error"),
     ("malformed", Reply.malformed_json(), "not an image"),
+    ("missing-fields", Reply.json({"id": "img-1", "created": 1}), "not an image"),
     ("content-policy", Reply.content_policy(), "content policy"),
 ]
 
@@ -98,6 +105,38 @@ async def test_download_failure_and_timeout_release_the_hold(world: World) -> No
     for interaction, price in ((fi, 40), (slow, 20)):
         job = await world.job_of(interaction)
         assert await world.ledger_of(job.id) == {EntryKind.HOLD: price, EntryKind.RELEASE: price}
+
+
+ASYNC_FAILURES = [
+    (
+        "failed-status",
+        {"final_status": "failed", "failure_message": "GPU fell over"},
+        {},
+        "could not make this image: GPU fell over",
+    ),
+    (
+        "too-large",
+        {"result_bytes": b"\x89PNG" + b"\0" * 300_000},
+        {"download_max_bytes": 100_000},
+        "could not be downloaded",
+    ),
+    ("unknown-status", {"final_status": "melting"}, {"poll_deadline_seconds": 1.0}, "took too long"),
+]
+
+
+@pytest.mark.parametrize(
+    ("label", "behaviour", "settings", "words"), ASYNC_FAILURES, ids=[f[0] for f in ASYNC_FAILURES]
+)
+async def test_async_failures_release_the_hold_and_explain(
+    world: World, label: str, behaviour: dict[str, object], settings: dict[str, object], words: str
+) -> None:
+    await world.start(**settings)
+    world.gw.configure("xai/grok-imagine-image", completion_delay=0.1, **behaviour)
+    fi = await world.imagine("a glass bird", model="xai/grok-imagine-image")
+    line = status_line(await world.finished(fi))
+    assert words in line and "refunded" in line
+    job = await world.job_of(fi)
+    assert await world.ledger_of(job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
 
 
 @pytest.mark.parametrize(
