@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import discord
@@ -37,99 +38,76 @@ async def answer_errors(interaction: discord.Interaction[Any], action: Callable[
         await send_ephemeral(interaction, text("error.internal", locale_of(interaction)))
 
 
-class CancelButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:cancel:" + JOB_ID):
-    """Cancel a queued or running job; its credits are released."""
+@dataclass(frozen=True)
+class _Look:
+    label_key: str
+    style: discord.ButtonStyle
+    emoji: str | None = None
 
-    def __init__(self, job_id: str, locale: str = "en") -> None:
+
+LOOKS = {
+    "cancel": _Look("button.cancel", discord.ButtonStyle.secondary),
+    "reroll": _Look("button.reroll", discord.ButtonStyle.primary, "🔁"),
+    "delete": _Look("button.delete", discord.ButtonStyle.danger),
+}
+
+
+class JobButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]],
+    template=r"imagine:(?P<action>cancel|reroll|delete):" + JOB_ID,
+):
+    """A button on a job's reply: Cancel (queued or running), Re-roll and Delete (results)."""
+
+    def __init__(self, action: str, job_id: str, locale: str = "en") -> None:
+        look = LOOKS[action]
         super().__init__(
             discord.ui.Button(
-                label=text("button.cancel", locale),
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"imagine:cancel:{job_id}",
+                label=text(look.label_key, locale),
+                style=look.style,
+                emoji=look.emoji,
+                custom_id=f"imagine:{action}:{job_id}",
             )
         )
+        self.action = action
         self.job_id = job_id
 
     @classmethod
     async def from_custom_id(
         cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: Any, /
-    ) -> CancelButton:
-        return cls(match["job"])
+    ) -> JobButton:
+        return cls(match["action"], match["job"])
 
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        async def cancel() -> None:
-            jobs = interaction.client.services.jobs  # type: ignore[attr-defined]
-            job = await jobs.cancel(self.job_id, interaction.user.id, is_admin=is_admin(interaction))
-            if job.status != "cancelled":
-                await send_ephemeral(interaction, text("job.already_finished", locale_of(interaction)))
-            elif not interaction.response.is_done():
-                await interaction.response.defer()  # the reply itself now says "Cancelled"
+        actions = {"cancel": self._cancel, "reroll": self._reroll, "delete": self._delete}
+        await answer_errors(interaction, lambda: actions[self.action](interaction))
 
-        await answer_errors(interaction, cancel)
-
-
-class DeleteButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:delete:" + JOB_ID):
-    """Delete a result message: the member who asked, or an admin."""
-
-    def __init__(self, job_id: str, locale: str = "en") -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=text("button.delete", locale),
-                style=discord.ButtonStyle.danger,
-                custom_id=f"imagine:delete:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: Any, /
-    ) -> DeleteButton:
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
-        async def delete() -> None:
-            job = await _owned_job(interaction, self.job_id)
+    async def _cancel(self, interaction: discord.Interaction[Any]) -> None:
+        """Cancel a queued or running job; its credits are released and its reply says so."""
+        jobs = interaction.client.services.jobs  # type: ignore[attr-defined]
+        job = await jobs.cancel(self.job_id, interaction.user.id, is_admin=is_admin(interaction))
+        if job.status != "cancelled":
+            await send_ephemeral(interaction, text("job.already_finished", locale_of(interaction)))
+        elif not interaction.response.is_done():
             await interaction.response.defer()
-            if interaction.message is not None:
-                await interaction.message.delete()
-            log.info("job id=%s result deleted by user=%s", job.id, interaction.user.id)
 
-        await answer_errors(interaction, delete)
+    async def _delete(self, interaction: discord.Interaction[Any]) -> None:
+        """Delete a result message: the member who asked, or an admin."""
+        job = await _owned_job(interaction, self.job_id)
+        await interaction.response.defer()
+        if interaction.message is not None:
+            await interaction.message.delete()
+        log.info("job id=%s result deleted by user=%s", job.id, interaction.user.id)
 
-
-class RerollButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"imagine:reroll:" + JOB_ID):
-    """Run the same prompt and options again, charged again through the normal path."""
-
-    def __init__(self, job_id: str, locale: str = "en") -> None:
-        super().__init__(
-            discord.ui.Button(
-                label=text("button.reroll", locale),
-                style=discord.ButtonStyle.primary,
-                emoji="🔁",
-                custom_id=f"imagine:reroll:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: Any, /
-    ) -> RerollButton:
-        return cls(match["job"])
-
-    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+    async def _reroll(self, interaction: discord.Interaction[Any]) -> None:
+        """Run the same prompt and options again, charged again through the normal path."""
         from cogs.launch import ImagineRequest, launch_job
 
-        async def reroll() -> None:
-            store = interaction.client.services.store  # type: ignore[attr-defined]
-            job = await store.get_job(self.job_id)
-            if job is None:
-                raise JobNotFoundError()
-            request = ImagineRequest(prompt=job.prompt, model=job.model, count=job.count, options=dict(job.options))
-            await launch_job(interaction, request)
-
-        await answer_errors(interaction, reroll)
+        store = interaction.client.services.store  # type: ignore[attr-defined]
+        job = await store.get_job(self.job_id)
+        if job is None:
+            raise JobNotFoundError()
+        request = ImagineRequest(prompt=job.prompt, model=job.model, count=job.count, options=dict(job.options))
+        await launch_job(interaction, request)
 
 
 async def _owned_job(interaction: discord.Interaction[Any], job_id: str) -> JobRecord:
@@ -145,18 +123,18 @@ async def _owned_job(interaction: discord.Interaction[Any], job_id: str) -> JobR
 def running_view(job: JobRecord) -> discord.ui.View:
     """Buttons while a job is queued or running."""
     view = discord.ui.View(timeout=None)
-    view.add_item(CancelButton(job.id, job.locale))
+    view.add_item(JobButton("cancel", job.id, job.locale))
     return view
 
 
 def result_view(job: JobRecord) -> discord.ui.View:
     """Buttons under delivered images."""
     view = discord.ui.View(timeout=None)
-    view.add_item(RerollButton(job.id, job.locale))
-    view.add_item(DeleteButton(job.id, job.locale))
+    view.add_item(JobButton("reroll", job.id, job.locale))
+    view.add_item(JobButton("delete", job.id, job.locale))
     return view
 
 
-DYNAMIC_ITEMS = (CancelButton, DeleteButton, RerollButton)
+DYNAMIC_ITEMS = (JobButton,)
 
 __all__ = ["DYNAMIC_ITEMS", "NO_MENTIONS", "answer_errors", "is_admin", "result_view", "running_view"]
