@@ -32,7 +32,6 @@ The rules, as a member would have them explained:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -166,12 +165,7 @@ class Ledger:
     async def _allowance_and_policy(
         self, guild_id: int, user_id: int, role_ids: Sequence[int]
     ) -> tuple[Allowance, GuildPolicy]:
-        # Three independent reads, queued together: one wait instead of three.
-        override, by_role, policy = await asyncio.gather(
-            self._store.member_allowance(guild_id, user_id),
-            self._store.role_allowances(guild_id),
-            self._store.get_policy(guild_id),
-        )
+        override, by_role, policy = await self._store.allowance_context(guild_id, user_id)
         return self._resolve(override, by_role, policy.default_allowance, role_ids), policy
 
     def _resolve(

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bot.errors import BudgetExhaustedError, InsufficientCreditsError
-from bot.store import open_store
+from bot.store import Store, open_store
 from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
 from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
 
@@ -326,6 +326,19 @@ async def test_role_and_member_allowances_are_audited(store: SqliteStore) -> Non
     actions = [a.action for a in await store.recent_audit(G, 10)]
     assert actions == ["allowance.member"] * 2 + ["allowance.role"] * 4
     assert len(await store.recent_audit(G, 2)) == 2
+
+
+async def test_allowance_context_matches_the_separate_reads(store: SqliteStore) -> None:
+    assert await store.allowance_context(G, U) == (None, {}, GuildPolicy(guild_id=G))
+    await store.update_policy(G, actor_id=ADMIN, now=NOW, timezone="Asia/Tokyo", budget=Allowance(9, "day"))
+    await store.set_model_rule(G, "model-a", False, actor_id=ADMIN, now=NOW)
+    await store.set_role_allowance(G, 1, Allowance(10, "day"), actor_id=ADMIN, now=NOW)
+    await store.set_role_allowance(G, 2, Allowance(None, "unlimited"), actor_id=ADMIN, now=NOW)
+    await store.set_member_allowance(G, U, Allowance(None, "week"), actor_id=ADMIN, now=NOW)
+    separate = (await store.member_allowance(G, U), await store.role_allowances(G), await store.get_policy(G))
+    assert await store.allowance_context(G, U) == separate
+    assert await Store.allowance_context(store, G, U) == separate  # the interface's default composes the same
+    assert (await store.allowance_context(G, U + 1))[0] is None
 
 
 async def test_blocked_terms_are_audited(store: SqliteStore) -> None:

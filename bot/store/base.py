@@ -9,6 +9,7 @@ Times are epoch seconds (float, UTC). Every method is safe to call from many tas
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -197,6 +198,18 @@ class Store(ABC):
         self, guild_id: int, user_id: int, allowance: Allowance | None, *, actor_id: int, now: float
     ) -> None:
         """Set (or with None, remove) a member's override, audited."""
+
+    async def allowance_context(
+        self, guild_id: int, user_id: int
+    ) -> tuple[Allowance | None, dict[int, Allowance], GuildPolicy]:
+        """The member's override, the server's role allowances and its policy, read together.
+
+        The ledger needs all three for every hold and balance; a store may answer in one round trip.
+        """
+        override, by_role, policy = await asyncio.gather(
+            self.member_allowance(guild_id, user_id), self.role_allowances(guild_id), self.get_policy(guild_id)
+        )
+        return override, by_role, policy
 
     @abstractmethod
     async def recent_audit(self, guild_id: int, limit: int) -> list[AuditEntry]:

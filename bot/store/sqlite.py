@@ -179,6 +179,17 @@ SELECT p.*, p.guild_id IS NOT NULL AS present,
 FROM (SELECT :guild_id AS wanted) AS q
 LEFT JOIN guild_policy AS p ON p.guild_id = q.wanted
 """
+# The policy, the member's override and the role allowances in one read (what every hold needs).
+_ALLOWANCE_CONTEXT = """
+SELECT p.*, p.guild_id IS NOT NULL AS present,
+       (SELECT json_group_object(model, allowed) FROM model_rules WHERE guild_id = :guild_id) AS rules,
+       (SELECT json_array(amount, period) FROM member_allowances
+        WHERE guild_id = :guild_id AND user_id = :user_id) AS override,
+       (SELECT json_group_array(json_array(role_id, amount, period)) FROM role_allowances
+        WHERE guild_id = :guild_id) AS roles
+FROM (SELECT :guild_id AS wanted) AS q
+LEFT JOIN guild_policy AS p ON p.guild_id = q.wanted
+"""
 
 
 # --- helpers -------------------------------------------------------------------------------------------
@@ -500,7 +511,8 @@ class SqliteStore(Store):
         self._batch.append(op)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        return await asyncio.shield(op.future)
+        # Cancelling the caller cancels only its wait: the operation is queued and will be applied.
+        return await op.future
 
     async def _flush(self) -> None:
         while self._batch:
@@ -860,6 +872,20 @@ class SqliteStore(Store):
     async def get_policy(self, guild_id: int) -> GuildPolicy:
         rows = await self._read(_GET_POLICY, {"guild_id": guild_id})
         return _policy_from_row(guild_id, rows[0])
+
+    async def allowance_context(
+        self, guild_id: int, user_id: int
+    ) -> tuple[Allowance | None, dict[int, Allowance], GuildPolicy]:
+        rows = await self._read(_ALLOWANCE_CONTEXT, {"guild_id": guild_id, "user_id": user_id})
+        row = rows[0]
+        override = None
+        if row["override"] is not None:
+            amount, period = json.loads(row["override"])
+            override = Allowance(amount=amount, period=period)
+        by_role = {
+            int(role): Allowance(amount=amount, period=period) for role, amount, period in json.loads(row["roles"])
+        }
+        return override, by_role, _policy_from_row(guild_id, row)
 
     async def update_policy(self, guild_id: int, *, actor_id: int, now: float, **changes: Any) -> GuildPolicy:
         unknown = set(changes) - _POLICY_FIELDS
