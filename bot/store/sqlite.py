@@ -516,9 +516,21 @@ class SqliteStore(Store):
 
     async def _flush(self) -> None:
         while self._batch:
-            async with self._lock:
-                batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
-                outcomes = await self._apply_or_split(batch)
+            batch: list[_Op] = []
+            try:
+                async with self._lock:
+                    batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
+                    outcomes = await self._apply_or_split(batch)
+            except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
+                failed, self._batch = batch + self._batch, []
+                for op in failed:
+                    if not op.future.done():
+                        op.future.set_exception(
+                            RuntimeError(
+                                f"the store was stopped while applying this ({exc!r}); see active_jobs after restart"
+                            )
+                        )
+                raise
             for op, outcome in zip(batch, outcomes, strict=True):
                 if op.future.done():
                     continue
