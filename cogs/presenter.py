@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import discord
@@ -38,6 +38,13 @@ ENTITY_TOO_LARGE = 40005
 
 def _dead_token(error: discord.HTTPException) -> bool:
     return error.code in DEAD_TOKEN_CODES or error.status == 401
+
+
+def _reply_id(job: JobRecord) -> int:
+    """The job's reply message; a job has one before it runs (see JobService.attach_reply)."""
+    if job.reply_message_id is None:
+        raise DeliveryError(f"job {job.id} has no reply message")
+    return job.reply_message_id
 
 
 def _file_prefix(job: JobRecord) -> str:
@@ -93,7 +100,7 @@ class DiscordJobPresenter:
         """Edit the job's reply (no uploads) by the best route available."""
         if self._token_usable(job):
             try:
-                await self._webhook(job).edit_message(job.reply_message_id, allowed_mentions=NO_MENTIONS, **fields)
+                await self._webhook(job).edit_message(_reply_id(job), allowed_mentions=NO_MENTIONS, **fields)
                 return
             except discord.HTTPException as exc:
                 if not (_dead_token(exc) or exc.code == UNKNOWN_MESSAGE):
@@ -101,7 +108,7 @@ class DiscordJobPresenter:
                 self._dead_tokens.add(job.id)
                 log.info("job id=%s: interaction token refused (%s); using the channel", job.id, exc.code)
         channel = await self._channel(job, uploading=False)
-        await channel.get_partial_message(job.reply_message_id).edit(allowed_mentions=NO_MENTIONS, **fields)
+        await channel.get_partial_message(_reply_id(job)).edit(allowed_mentions=NO_MENTIONS, **fields)
 
     # --- JobPresenter ----------------------------------------------------------------------------------------
 
@@ -137,10 +144,10 @@ class DiscordJobPresenter:
     async def delivered_count(self, job: JobRecord) -> int | None:
         try:
             if self._token_usable(job):
-                message: Any = await self._webhook(job).fetch_message(job.reply_message_id)  # type: ignore[arg-type]
+                message: Any = await self._webhook(job).fetch_message(_reply_id(job))
             else:
                 channel = await self._channel(job, uploading=False)
-                message = await channel.fetch_message(job.reply_message_id)
+                message = await channel.fetch_message(_reply_id(job))
         except (discord.HTTPException, DeliveryError):
             return None
         prefix = _file_prefix(job)
@@ -177,38 +184,46 @@ class DiscordJobPresenter:
 
     async def _post_fitted(self, job: JobRecord, delivery: Delivery, limit: int, *, via_webhook: bool) -> int:
         names, blobs = await self._fit(job, delivery.images, limit)
-        channel = None if via_webhook else await self._channel(job, uploading=True)
+        reply_id = _reply_id(job)
+        edit_reply: Callable[..., Awaitable[Any]]
+        send_more: Callable[[list[discord.File]], Awaitable[Any]]
+        if via_webhook:
+            webhook = self._webhook(job)
+
+            async def edit_reply(**fields: Any) -> None:
+                await webhook.edit_message(reply_id, **fields)
+
+            async def send_more(files: list[discord.File]) -> None:
+                await webhook.send(files=files, wait=True, allowed_mentions=NO_MENTIONS)
+        else:
+            channel = await self._channel(job, uploading=True)
+
+            async def edit_reply(**fields: Any) -> None:
+                try:
+                    await channel.get_partial_message(reply_id).edit(**fields)
+                except discord.NotFound:
+                    # The reply was deleted: post the result as a new message instead.
+                    files = fields.pop("attachments")
+                    for file in files:
+                        file.reset()
+                    await channel.send(files=files, **fields)
+
+            async def send_more(files: list[discord.File]) -> None:
+                await channel.send(files=files, allowed_mentions=NO_MENTIONS)
+
         posted = 0
         for start in range(0, len(names), MAX_ATTACHMENTS):
             chunk = range(start, min(start + MAX_ATTACHMENTS, len(names)))
             files = [discord.File(io.BytesIO(blobs[i]), filename=names[i]) for i in chunk]
-            chunk_names = [names[i] for i in chunk]
             if start == 0:
                 embeds = result_embeds(
-                    job, chunk_names, charged=delivery.charged, available_after=delivery.available_after
+                    job, [names[i] for i in chunk], charged=delivery.charged, available_after=delivery.available_after
                 )
-                fields: dict[str, Any] = dict(
-                    content=None,
-                    embeds=embeds,
-                    attachments=files,
-                    view=result_view(job),
-                    allowed_mentions=NO_MENTIONS,
+                await edit_reply(
+                    content=None, embeds=embeds, attachments=files, view=result_view(job), allowed_mentions=NO_MENTIONS
                 )
-                if via_webhook:
-                    await self._webhook(job).edit_message(job.reply_message_id, **fields)  # type: ignore[arg-type]
-                else:
-                    try:
-                        await channel.get_partial_message(job.reply_message_id).edit(**fields)
-                    except discord.NotFound:
-                        # The reply was deleted: post the result as a new message instead.
-                        fields.pop("attachments")
-                        for file in files:
-                            file.reset()
-                        await channel.send(files=files, **fields)
-            elif via_webhook:
-                await self._webhook(job).send(files=files, wait=True, allowed_mentions=NO_MENTIONS)
             else:
-                await channel.send(files=files, allowed_mentions=NO_MENTIONS)
+                await send_more(files)
             posted += len(files)
         return posted
 
