@@ -32,7 +32,7 @@ def check_allowance(amount: int | None, period: str) -> Allowance:
     if period == "unlimited":
         return Allowance(amount=None, period="unlimited")
     if amount is None or isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= MAX_ALLOWANCE:
-        raise InvalidAmountError(value=amount, limit=MAX_ALLOWANCE)
+        raise InvalidAmountError(value="(none)" if amount is None else amount, limit=MAX_ALLOWANCE)
     return Allowance(amount=amount, period=period)  # type: ignore[arg-type]
 
 

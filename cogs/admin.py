@@ -96,7 +96,7 @@ class AdminCog(commands.Cog):
     @admin_only
     @app_commands.describe(
         member="The member",
-        amount="Credits per period",
+        amount="Credits per period (needed unless the period is unlimited or you remove)",
         period="How often it resets",
         remove="Remove the member's own allowance (they fall back to roles and the default)",
     )
@@ -104,7 +104,7 @@ class AdminCog(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         member: discord.Member,
-        amount: Amount = 0,
+        amount: Amount | None = None,
         period: PeriodChoice = "month",
         remove: bool = False,
     ) -> None:
@@ -127,7 +127,7 @@ class AdminCog(commands.Cog):
     @admin_only
     @app_commands.describe(
         role="The role",
-        amount="Credits per period",
+        amount="Credits per period (needed unless the period is unlimited or you remove)",
         period="How often it resets",
         remove="Remove this role's allowance",
     )
@@ -135,7 +135,7 @@ class AdminCog(commands.Cog):
         self,
         interaction: discord.Interaction[Any],
         role: discord.Role,
-        amount: Amount = 0,
+        amount: Amount | None = None,
         period: PeriodChoice = "month",
         remove: bool = False,
     ) -> None:
