@@ -38,6 +38,19 @@ REQUIRED_PERMISSIONS = discord.Permissions(
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
+# discord.py's attribute names where Discord's own UI says something else.
+PERMISSION_NAMES = {
+    "manage_guild": "Manage Server",
+    "manage_messages": "Manage Messages",
+    "administrator": "Administrator",
+}
+
+
+def permission_name(attribute: str) -> str:
+    """The name Discord's UI shows for a permission attribute such as `manage_guild`."""
+    return PERMISSION_NAMES.get(attribute, attribute.replace("_", " ").title())
+
+
 def locale_of(interaction: discord.Interaction[Any]) -> str:
     """The member's Discord locale as a plain string (e.g. "en-US", "ko")."""
     return str(interaction.locale.value if hasattr(interaction.locale, "value") else interaction.locale)
@@ -59,7 +72,7 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
         if isinstance(original, BotError):
             message = error_text(original, locale_of(interaction))
         elif isinstance(original, app_commands.MissingPermissions):
-            missing = ", ".join(p.replace("_", " ").title() for p in original.missing_permissions)
+            missing = ", ".join(permission_name(p) for p in original.missing_permissions)
             message = error_text(MissingPermissionError(permission=missing), locale_of(interaction))
         elif isinstance(original, app_commands.TransformerError) and original.type is discord.AppCommandOptionType.user:
             message = error_text(NotAMemberError(), locale_of(interaction))

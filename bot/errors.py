@@ -60,6 +60,10 @@ class InvalidCountError(RequestError):
     message_key = "error.invalid_count"  # params: count, model, limit
 
 
+class DefaultModelDisabledError(RequestError):
+    message_key = "error.default_model_disabled"  # params: model
+
+
 class InsufficientCreditsError(RequestError):
     message_key = "error.insufficient_credits"  # params: needed, available
 

@@ -37,6 +37,8 @@ from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
 
 log = logging.getLogger(__name__)
 
+UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
+
 
 @dataclass(frozen=True)
 class Delivery:
@@ -221,6 +223,13 @@ class JobService:
     async def _dispatch(self) -> None:
         active = await self._store.active_jobs()
         # A queued job without its reply yet is still being acknowledged by the front end: not startable.
+        # One that stays so (its acknowledgement failed and the caller was cancelled) is released.
+        now = self._clock()
+        for job in active:
+            unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
+            if unacknowledged and now - job.created_at > UNACKNOWLEDGED_AFTER:
+                log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
+                await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
         for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):

@@ -16,6 +16,11 @@ EN: dict[str, str] = {
     "error.prompt_too_long": "Your prompt is {length} characters long; the limit is {limit}.",
     "error.unknown_model": "There is no model called `{model}`. Use `/models` to see the ones you can pick.",
     "error.model_disabled": "The model `{model}` is not allowed on this server.",
+    "error.default_model_disabled": (
+        "`{model}` is the model /imagine uses when none is picked here. Choose another default with "
+        "`/models default` first."
+    ),
+    "error.export_too_large": "That export is too large to upload ({size} bytes). Choose a shorter date range.",
     "error.invalid_option": "`{value}` is not a valid {option} for `{model}`. Choose one of: {allowed}.",
     "error.unsupported_option": "`{model}` does not take the option {option}. Leave it out.",
     "error.invalid_count": "`{model}` makes 1 to {limit} images per request; you asked for {count}.",

@@ -14,7 +14,7 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from bot.catalog import Catalog
-from bot.errors import InvalidAmountError, InvalidValueError, ModelDisabledError
+from bot.errors import DefaultModelDisabledError, InvalidAmountError, InvalidValueError, ModelDisabledError
 from bot.ledger import Ledger, period_bounds
 from bot.moderation import compile_term
 from bot.store.base import Store
@@ -66,10 +66,19 @@ class UsageReport:
 class PolicyService:
     """Admin changes and reports for one bot; every change is validated, then written and audited."""
 
-    def __init__(self, store: Store, ledger: Ledger, catalog: Catalog, *, clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        store: Store,
+        ledger: Ledger,
+        catalog: Catalog,
+        *,
+        bot_default_model: str,
+        clock: Callable[[], float] = time.time,
+    ):
         self._store = store
         self._ledger = ledger
         self._catalog = catalog
+        self._bot_default_model = bot_default_model
         self._clock = clock
 
     async def set_default_allowance(self, guild_id: int, actor_id: int, amount: int | None, period: str) -> GuildPolicy:
@@ -100,7 +109,13 @@ class PolicyService:
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), budget=budget)
 
     async def set_model_allowed(self, guild_id: int, actor_id: int, model: str, allowed: bool) -> GuildPolicy:
+        """Allow or refuse a model; the model /imagine falls back to cannot be refused (members would be
+        refused without having picked anything)."""
         spec = self._catalog.get(model)
+        if not allowed:
+            policy = await self._store.get_policy(guild_id)
+            if spec.name == (policy.default_model or self._bot_default_model):
+                raise DefaultModelDisabledError(model=spec.name)
         return await self._store.set_model_rule(guild_id, spec.name, allowed, actor_id=actor_id, now=self._clock())
 
     async def set_default_model(self, guild_id: int, actor_id: int, model: str) -> GuildPolicy:
@@ -144,18 +159,9 @@ class PolicyService:
 
         Returns the CSV bytes and the number of rows.
         """
+        first, last = parse_export_range(first_day, last_day)
         policy = await self._store.get_policy(guild_id)
         zone = ZoneInfo(policy.timezone)
-        try:
-            first, last = date.fromisoformat(first_day), date.fromisoformat(last_day)
-        except ValueError:
-            raise InvalidValueError(option="date", value=f"{first_day} – {last_day}", allowed="YYYY-MM-DD") from None
-        if last < first or (last - first).days >= MAX_EXPORT_DAYS:
-            raise InvalidValueError(
-                option="date range",
-                value=f"{first_day} – {last_day}",
-                allowed=f"a start on or before the end, at most {MAX_EXPORT_DAYS} days",
-            )
         start = datetime.combine(first, datetime.min.time(), zone).timestamp()
         end = datetime.combine(last + timedelta(days=1), datetime.min.time(), zone).timestamp()
         entries = await self._store.ledger_entries(guild_id, start, end)
@@ -178,6 +184,21 @@ class PolicyService:
                 ]
             )
         return buffer.getvalue().encode("utf-8"), len(entries)
+
+
+def parse_export_range(first_day: str, last_day: str) -> tuple[date, date]:
+    """Validate an export's dates (YYYY-MM-DD, first <= last, at most MAX_EXPORT_DAYS): `InvalidValueError`."""
+    try:
+        first, last = date.fromisoformat(first_day), date.fromisoformat(last_day)
+    except ValueError:
+        raise InvalidValueError(option="date", value=f"{first_day} – {last_day}", allowed="YYYY-MM-DD") from None
+    if last < first or (last - first).days >= MAX_EXPORT_DAYS:
+        raise InvalidValueError(
+            option="date range",
+            value=f"{first_day} – {last_day}",
+            allowed=f"a start on or before the end, at most {MAX_EXPORT_DAYS} days",
+        )
+    return first, last
 
 
 def _csv_safe(value: str) -> str:

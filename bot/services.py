@@ -49,5 +49,5 @@ class Services:
             ),
             progress_interval=settings.progress_edit_interval,
         )
-        policy = PolicyService(store, ledger, catalog)
+        policy = PolicyService(store, ledger, catalog, bot_default_model=settings.default_model)
         return cls(settings, catalog, store, ledger, gateway, jobs, Moderator(store), policy)

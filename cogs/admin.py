@@ -18,6 +18,7 @@ from discord.ext import commands
 
 from bot.discord_app import NO_MENTIONS, locale_of
 from bot.messages import text
+from bot.policy import parse_export_range
 from bot.store.records import Allowance
 
 if TYPE_CHECKING:
@@ -319,9 +320,18 @@ class AdminCog(commands.Cog):
     async def usage_export(self, interaction: discord.Interaction[Any], start: str, end: str) -> None:
         """Download the credit ledger for a date range as CSV."""
         assert interaction.guild_id is not None
+        locale = locale_of(interaction)
+        parse_export_range(start, end)  # a bad range is refused as the first answer
+        # A long range on a busy server takes a while to read: acknowledge first (Discord's 3 s).
+        await interaction.response.defer(ephemeral=True, thinking=True)
         data, rows = await self.services.policy.export_ledger(interaction.guild_id, start, end)
+        if len(data) > interaction.filesize_limit:
+            await interaction.followup.send(text("error.export_too_large", locale, size=len(data)), ephemeral=True)
+            return
         file = discord.File(fp=io.BytesIO(data), filename=f"ledger-{start}-{end}.csv")
-        await reply(interaction, text("admin.exported", locale_of(interaction), rows=rows), file=file)
+        await interaction.followup.send(
+            text("admin.exported", locale, rows=rows), file=file, ephemeral=True, allowed_mentions=NO_MENTIONS
+        )
 
     @app_commands.command(name="audit")
     @app_commands.guild_only()

@@ -10,7 +10,13 @@ from datetime import UTC, datetime
 import pytest
 
 from bot.catalog import Catalog
-from bot.errors import InvalidAmountError, InvalidValueError, ModelDisabledError, UnknownModelError
+from bot.errors import (
+    DefaultModelDisabledError,
+    InvalidAmountError,
+    InvalidValueError,
+    ModelDisabledError,
+    UnknownModelError,
+)
 from bot.ledger import Ledger
 from bot.policy import PolicyService
 from bot.store.records import Allowance, JobStatus, NewJob
@@ -33,7 +39,7 @@ def ledger(store: SqliteStore) -> Ledger:
 
 @pytest.fixture
 def policy(store: SqliteStore, ledger: Ledger) -> PolicyService:
-    return PolicyService(store, ledger, Catalog.load(), clock=lambda: NOW)
+    return PolicyService(store, ledger, Catalog.load(), bot_default_model="gemini-2.5-flash-image", clock=lambda: NOW)
 
 
 @pytest.mark.parametrize("amount", [-1, 1_000_001, None, True])
@@ -83,12 +89,23 @@ async def test_default_model_must_be_allowed(policy: PolicyService) -> None:
 
 
 async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store: SqliteStore) -> None:
-    job = NewJob(id="a" * 32, guild_id=GUILD, channel_id=2, user_id=MEMBER, model="stability-ai/sdxl",
-                 prompt="p", count=2, price=5, params={}, options={}, mode="async")
+    job = NewJob(
+        id="a" * 32,
+        guild_id=GUILD,
+        channel_id=2,
+        user_id=MEMBER,
+        model="stability-ai/sdxl",
+        prompt="p",
+        count=2,
+        price=5,
+        params={},
+        options={},
+        mode="async",
+    )
     await ledger.hold_for_job(job, [])
     await store.update_job(job.id, status=JobStatus.SUBMITTING)
     await ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=1)
-    await ledger.grant(GUILD, MEMBER, 10, actor_id=ADMIN, reason="=HYPERLINK(\"x\")")
+    await ledger.grant(GUILD, MEMBER, 10, actor_id=ADMIN, reason='=HYPERLINK("x")')
     report = await policy.usage(GUILD)
     assert report.by_model == {"stability-ai/sdxl": 5} and report.top_members == [(MEMBER, 5)]
     data, rows = await policy.export_ledger(GUILD, "2026-11-25", "2026-11-25")
@@ -103,3 +120,13 @@ async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store
         await policy.export_ledger(GUILD, "2026-11-30", "2026-11-01")
     with pytest.raises(InvalidValueError):
         await policy.export_ledger(GUILD, "yesterday", "today")
+
+
+async def test_the_default_model_cannot_be_disabled(policy: PolicyService) -> None:
+    with pytest.raises(DefaultModelDisabledError):
+        await policy.set_model_allowed(GUILD, ADMIN, "gemini-2.5-flash-image", False)  # the bot-wide default
+    await policy.set_default_model(GUILD, ADMIN, "stability-ai/sdxl")
+    with pytest.raises(DefaultModelDisabledError):
+        await policy.set_model_allowed(GUILD, ADMIN, "stability-ai/sdxl", False)
+    disabled = await policy.set_model_allowed(GUILD, ADMIN, "gemini-2.5-flash-image", False)
+    assert not disabled.is_model_allowed("gemini-2.5-flash-image")
