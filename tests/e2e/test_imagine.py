@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from urllib.parse import parse_qs, urlparse
 
+import discord
 import pytest
 
 from bot.store.records import EntryKind, JobStatus
@@ -228,3 +231,32 @@ async def test_commands_sync_only_when_changed(world: World) -> None:
     await world.stop()
     await world.start()
     assert len(world.fd.command_syncs) == 1, "same commands: no second sync"
+
+
+async def test_start_up_logs_the_invite_url_with_the_needed_permissions(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot.discord_app")
+    await world.start()
+    (line,) = [r.getMessage() for r in caplog.records if "invite the bot with" in r.getMessage()]
+    query = parse_qs(urlparse(line.split(": ", 1)[1]).query)
+    assert query["client_id"] == [str(world.fd.application_id)]
+    assert set(query["scope"][0].split()) == {"bot", "applications.commands"}
+    granted = discord.Permissions(int(query["permissions"][0]))
+    assert granted.attach_files and granted.embed_links and granted.send_messages and granted.view_channel
+
+
+async def test_secrets_never_reach_the_logs(world: World, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # everything, from every library, without the production redaction filter
+    await world.start()
+    done = await world.imagine("a harbour at night", model="gemini-2.5-flash-image")
+    await world.finished(done)
+    world.gw.enqueue(Reply.error(401, "authentication_error - invalid key"), method="POST")
+    failed = await world.imagine("a harbour at noon", model="gemini-2.5-flash-image")
+    await world.finished(failed)
+    await world.stop()
+    text = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert len(caplog.records) > 20
+    settings = world.settings()
+    for secret in (settings.discord_token.get_secret_value(), settings.gateway_api_key.get_secret_value()):
+        assert secret not in text
