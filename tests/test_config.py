@@ -49,3 +49,15 @@ def test_defaults_and_secret_handling() -> None:
 def test_unsupported_database_url_is_refused() -> None:
     with pytest.raises(ValidationError, match="database_url"):
         Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, database_url="mysql://x")
+
+
+def test_the_example_env_file_with_only_the_secrets_filled_is_valid(tmp_path: Path) -> None:
+    example = (ROOT / ".env.example").read_text()
+    filled = example.replace("DISCORD_TOKEN=\n", "DISCORD_TOKEN=tok-abcdefgh\n").replace(
+        "GATEWAY_API_KEY=\n", "GATEWAY_API_KEY=key-abcdefgh\n"
+    )
+    env_file = tmp_path / ".env"
+    env_file.write_text(filled)
+    settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
+    assert settings.dev_guild_id is None and settings.model_catalog_path is None
+    assert settings.discord_token.get_secret_value() == "tok-abcdefgh"
