@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from bot.catalog import CatalogError
 from bot.config import Settings
+from bot.errors import StartupError
 from bot.logs import configure_logging
 from bot.services import Services
 from bot.store import open_store
@@ -73,6 +74,8 @@ def main() -> None:
         asyncio.run(run(settings))
     except CatalogError as exc:
         sys.exit(f"configuration error: {exc}")
+    except StartupError as exc:
+        sys.exit(f"start-up failed: {exc}")
     except KeyboardInterrupt:
         pass
 

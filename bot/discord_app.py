@@ -12,12 +12,13 @@ import json
 import logging
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from bot.config import Settings
-from bot.errors import BotError, MissingPermissionError, NotAMemberError
+from bot.errors import BotError, MissingPermissionError, NotAMemberError, StartupError
 from bot.messages import error_text, text
 from bot.services import Services
 
@@ -145,6 +146,19 @@ class ImagineBot(commands.Bot):
         await self.services.store.set_meta(key, fingerprint)
         log.info("synced %d slash commands %s", len(synced), f"to guild {guild.id}" if guild else "globally")
         return True
+
+    async def start(self, token: str, *, reconnect: bool = True) -> None:
+        """Log in and run; a failure to start becomes a `StartupError` with one line for the operator."""
+        try:
+            await super().start(token, reconnect=reconnect)
+        except discord.LoginFailure:
+            raise StartupError("Discord rejected DISCORD_TOKEN: reset the bot token in the developer portal") from None
+        except discord.PrivilegedIntentsRequired:
+            raise StartupError("Discord refused the bot's intents (none are privileged; check the app)") from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            if self.user is not None:
+                raise  # a failure after logging in is not a start-up problem
+            raise StartupError(f"cannot reach Discord: {exc}") from None
 
     @property
     def is_closing(self) -> bool:

@@ -190,3 +190,7 @@ class InterruptedJobError(BotError):
 
 class DeliveryError(BotError):
     message_key = "error.delivery"  # the images could not be posted to Discord
+
+
+class StartupError(Exception):
+    """The bot cannot start (token refused, Discord unreachable); the message is one line for the operator."""

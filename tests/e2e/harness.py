@@ -61,15 +61,27 @@ class World:
         started: asyncio.Future[ImagineBot] = asyncio.get_running_loop().create_future()
         before = self.fd.identify_count
         self._task = asyncio.create_task(run(self.settings(**overrides), on_ready=started.set_result), name="bot")
-        done, _ = await asyncio.wait({self._task, started}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            self._task.result()
-            raise RuntimeError("the bot stopped during start-up")
+        await self._unless_stopped(started)
         bot = self.bot = started.result()
-        await asyncio.wait_for(bot.wait_until_ready(), WAIT)
+        await self._unless_stopped(asyncio.ensure_future(bot.wait_until_ready()))
         assert self.fd.identify_count > before, "a new gateway session"
         await asyncio.wait_for(bot.services.jobs.wait_started(), WAIT)
         return bot
+
+    async def _unless_stopped(self, step: asyncio.Future[Any]) -> None:
+        """Wait for a start-up step; if the bot stops first, re-raise why (e.g. a StartupError)."""
+        assert self._task is not None
+        done, _ = await asyncio.wait({self._task, step}, timeout=WAIT, return_when=asyncio.FIRST_COMPLETED)
+        if step in done:
+            return
+        step.cancel()
+        task, self._task, self.bot = self._task, None, None
+        self._patch.close()
+        if task in done:
+            task.result()
+            raise RuntimeError("the bot stopped during start-up")
+        task.cancel()
+        raise TimeoutError("the bot did not start")
 
     async def stop(self) -> None:
         """Shut the bot down as SIGTERM does (stop taking jobs, persist running ones, disconnect)."""

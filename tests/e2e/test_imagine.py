@@ -9,6 +9,7 @@ from urllib.parse import parse_qs, urlparse
 import discord
 import pytest
 
+from bot.errors import StartupError
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, status_line
 from tests.fakes.fake_discord import CallbackType
@@ -260,3 +261,8 @@ async def test_secrets_never_reach_the_logs(world: World, caplog: pytest.LogCapt
     settings = world.settings()
     for secret in (settings.discord_token.get_secret_value(), settings.gateway_api_key.get_secret_value()):
         assert secret not in text
+
+
+async def test_a_rejected_token_stops_start_up_with_one_clear_error(world: World) -> None:
+    with pytest.raises(StartupError, match="Discord rejected DISCORD_TOKEN"):
+        await world.start(discord_token="not-the-bot-token")

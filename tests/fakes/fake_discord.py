@@ -1158,6 +1158,8 @@ class FakeDiscord:
         self.allowed_privileged_intents = allowed_privileged_intents
         #: Overrides every upload limit when set (bytes per attachment).
         self.upload_limit: int | None = None
+        #: The only bot token REST accepts (anything else gets 401, as a wrong token does on Discord).
+        self.bot_token = DEFAULT_TOKEN
 
         self.guilds: dict[int, FakeGuild] = {}
         self.users: dict[int, FakeUser] = {self.bot_user.id: self.bot_user}
@@ -2269,7 +2271,7 @@ class FakeDiscord:
             self.unknown_requests.append(rec)
         else:
             needs_auth = not rec.route.startswith(("/webhooks/", "/interactions/"))
-            if needs_auth and not (rec.authorization or "").startswith("Bot "):
+            if needs_auth and rec.authorization != f"Bot {self.bot_token}":
                 response = _error(401, 0, "401: Unauthorized")
             else:
                 response = await handler(_Ctx(request, params, rec))
