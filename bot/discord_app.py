@@ -98,6 +98,8 @@ class ImagineBot(commands.Bot):
     """The Discord client of imagine-bot."""
 
     def __init__(self, settings: Settings, services: Services) -> None:
+        # The bot has no voice features: the missing voice libraries are not worth a warning at every start.
+        discord.VoiceClient.warn_nacl = discord.VoiceClient.warn_dave = False
         intents = discord.Intents.none()
         intents.guilds = True  # channels, roles and filesize limits come from the guild cache
         super().__init__(
