@@ -100,6 +100,7 @@ class JobService:
         self._stopping = False
         self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
+        self._delivering: set[str] = set()  # posting images: a member's cancel no longer interrupts
 
     # --- lifetime ----------------------------------------------------------------------------------------
 
@@ -190,9 +191,11 @@ class JobService:
             raise JobNotFoundError()
         if job.user_id != user_id and not is_admin:
             raise NotJobOwnerError()
-        if job.is_terminal:
-            return job
+        if job.is_terminal or job.status == JobStatus.DELIVERING:
+            return job  # finished, or its images are being posted: too late to cancel
         task = self._tasks.get(job_id)
+        if task is not None and job_id in self._delivering:
+            return job  # it started posting since we read it
         if task is not None:
             self._cancelled_by_member.add(job_id)
             task.cancel()
@@ -301,6 +304,7 @@ class JobService:
             await self._settle_failure(job, BotError(type(error).__name__))
         finally:
             self._reporters.pop(job.id, None)
+            self._delivering.discard(job.id)
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
@@ -339,6 +343,7 @@ class JobService:
     async def _deliver(self, job: JobRecord, images: list[ImageData]) -> None:
         presenter = self._require_presenter()
         images = images[: job.count]  # never charge for more than was asked
+        self._delivering.add(job.id)
         delivering = await self._store.update_job(
             job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
         )
