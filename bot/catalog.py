@@ -35,7 +35,8 @@ class ModelSpec(BaseModel):
     provider: str
     price: int = Field(ge=0)
     mode: Literal["sync", "async"]
-    max_images: int = Field(default=1, ge=1, le=10)
+    # Up to 20: more than Discord's 10 attachments per message, which delivery handles with a follow-up.
+    max_images: int = Field(default=1, ge=1, le=20)
     options: dict[str, OptionSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import signal
+from pathlib import Path
 
 from PIL import Image
 
+from bot.catalog import Catalog
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, status_line
-from tests.fakes.fake_discord import CallbackType, FakeInteraction, Perm
-from tests.fakes.fake_gateway import Reply
+from tests.fakes.fake_discord import CallbackType, FakeDiscord, FakeInteraction, Perm
+from tests.fakes.fake_gateway import FakeGateway, Reply
 
 ASYNC_MODEL, ASYNC_PRICE = "xai/grok-imagine-image", 20
 SYNC_MODEL, SYNC_PRICE = "gemini-2.5-flash-image", 39
@@ -235,3 +238,31 @@ async def test_sigterm_stops_within_grace_and_the_next_start_settles(world: Worl
     assert await world.ledger_of(sync_job.id) == {EntryKind.HOLD: SYNC_PRICE, EntryKind.RELEASE: SYNC_PRICE}
     resumed = await world.store.get_job(async_job.id)
     assert resumed is not None and resumed.status == JobStatus.POLLING, "the async job resumed polling"
+
+
+async def test_more_than_ten_images_go_ten_per_message_and_the_rest_in_a_follow_up(tmp_path: Path) -> None:
+    # An operator's catalog may offer a model that makes more images than fit in one Discord message.
+    catalog_file = tmp_path / "models.json"
+    catalog_file.write_text(
+        json.dumps(
+            {
+                "aspect_ratios": ["1:1"],
+                "models": [{"name": "house-burst", "provider": "Google", "price": 2, "mode": "sync", "max_images": 12}],
+            }
+        )
+    )
+    async with FakeDiscord() as fd, FakeGateway(catalog=Catalog.load(catalog_file)) as gw:
+        world = World(fd=fd, gw=gw, tmp=tmp_path)
+        try:
+            await world.start(model_catalog_path=str(catalog_file), default_model="house-burst")
+            fi = await world.imagine("a flock of birds", model="house-burst", count=12)
+            message = await world.finished(fi)
+            assert len(message.attachments) == 10
+            follow_up = await fi.wait_for_followup(lambda m: len(m.attachments) == 2, WAIT)
+            names = [a.filename for a in message.attachments + follow_up.attachments]
+            assert len(set(names)) == 12
+            job = await world.job_of(fi)
+            assert job.status == JobStatus.DELIVERED and job.delivered_count == 12
+            assert await world.ledger_of(job.id) == {EntryKind.HOLD: 24, EntryKind.CAPTURE: 24}
+        finally:
+            await world.stop()
