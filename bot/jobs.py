@@ -308,7 +308,8 @@ class JobService:
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
-            reporter.update("submitting")
+            # A sync model generates while the POST is open (15-30 s for some): show the clock running.
+            reporter.update("generating" if job.mode == "sync" else "submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
                 return submission.images
@@ -365,6 +366,9 @@ class JobService:
             log.info("job delivered id=%s model=%s images=%s charged=%s", job.id, job.model, delivered, settled.charged)
 
     async def _settle_failure(self, job: JobRecord, error: BotError, *, status: JobStatus = JobStatus.FAILED) -> None:
+        reporter = self._reporters.pop(job.id, None)
+        if reporter is not None:
+            await reporter.close()  # no late "Queued" edit may land on top of the failure
         settled = await self._ledger.settle(
             job.id, status, error_key=error.message_key, error_detail=(error.detail or None)
         )

@@ -373,3 +373,28 @@ async def test_round_robin_between_members(start_core: Callable[..., Any], gatew
     order = [submitted[e.job_id] for e in core.presenter.events if e.kind == "deliver" and e.job_id in submitted]
     assert order == ["a0", "b0", "c0", "a1", "b1", "c1", "a2", "b2", "c2"]
     assert blocker.id in {e.job_id for e in core.presenter.of("deliver")}
+
+
+async def test_a_cancelled_queued_job_gets_no_late_progress_edit(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    core = await start_core(max_jobs_global=1, progress_edit_interval=0.5)
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async", user=1), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    c = await core.services.jobs.submit(new_job(user=2), [])
+    b = await core.services.jobs.submit(new_job(user=3), [])
+    await core.presenter.wait_for(
+        lambda ev: any(e.job_id == b.id and e.kind == "progress" and e.payload.position == 2 for e in ev)
+    )
+    await core.services.jobs.cancel(c.id, 2)  # b moves to position 1: an edit now waits out b's throttle
+    await core.services.jobs.cancel(b.id, 3)
+    d = await core.services.jobs.submit(new_job(user=4), [])
+    await core.presenter.wait_for(lambda ev: any(e.job_id == d.id and e.kind == "progress" for e in ev))
+    gateway.configure("gemini-2.5-flash-image", sync_delay=2.0)  # d generates long enough to show it
+    operation = next(iter(gateway.operations))
+    gateway.complete(operation)
+    # d's second edit comes at least one interval after its first, so after any late edit of b's.
+    await core.presenter.wait_for(lambda ev: sum(e.job_id == d.id and e.kind == "progress" for e in ev) >= 2)
+    kinds = [e.kind for e in core.presenter.events if e.job_id == b.id]
+    assert kinds[-1] == "failure", kinds

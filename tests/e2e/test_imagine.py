@@ -25,6 +25,7 @@ async def test_sync_model_delivers_pngs_with_progress_and_exact_charge(running: 
     assert len(message.attachments) == 3 and all(a.is_png for a in message.attachments)
     shown = [e.get("image", {}).get("url", "") for e in message.embeds]
     assert [url.split("?")[0].rsplit("/", 1)[-1] for url in shown] == [a.filename for a in message.attachments]
+    assert any(status_line(edit).startswith("Generating") for edit in fi.edits), "the clock runs while it generates"
     progress = [edit for edit in fi.edits if not edit.attachments]
     assert progress and fi.edits.index(progress[0]) < len(fi.edits) - 1, "progress edits came before the result"
     assert "Charged 117 credits · 383 left" in status_line(message)
