@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     poll_min_interval: float = Field(default=0.25, gt=0)
     poll_max_interval: float = Field(default=10.0, gt=0)
     poll_history_size: int = Field(default=20, ge=1)
+    poll_first_poll_spreads: float = Field(default=1.5, ge=0, le=5)
+    poll_density: float = Field(default=0.2, gt=0, le=5)
     download_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     allow_loopback_http: bool = False
 

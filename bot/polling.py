@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from bot.config import Settings
 
 # Tuned with bench/bench_polling.py against log-normal durations (spread 0.25) around 8 s and 25 s.
+# The two trade-offs between detection lag and polls are settings (POLL_FIRST_POLL_SPREADS, POLL_DENSITY);
+# these are their defaults.
 FIRST_POLL_Z = 1.5  # first poll 1.5 spreads before the median: ~7 % of jobs are done by then
 DENSITY_FACTOR = 0.2  # interval at the median, as a fraction of median × spread (≈ the std-dev in s)
 SHAPE = 0.2  # how fast the interval widens away from the median
@@ -57,6 +59,7 @@ class PollSchedule:
     min_interval: float
     max_interval: float
     fixed_interval: float | None = None
+    density: float = DENSITY_FACTOR
     jitter: float = 0.0
     rng: random.Random | None = field(default=None, compare=False, repr=False)
 
@@ -68,6 +71,8 @@ class PollSchedule:
         default_expected: float,
         min_interval: float,
         max_interval: float,
+        first_poll_spreads: float = FIRST_POLL_Z,
+        density: float = DENSITY_FACTOR,
         jitter: float = 0.0,
         rng: random.Random | None = None,
     ) -> PollSchedule:
@@ -89,8 +94,8 @@ class PollSchedule:
         spread = math.sqrt((n * mad**2 + PRIOR_WEIGHT * PRIOR_SPREAD**2) / (n + PRIOR_WEIGHT))
         spread = min(MAX_SPREAD, max(MIN_SPREAD, spread))
         expected = math.exp(center)
-        first = max(min_interval, expected * math.exp(-FIRST_POLL_Z * spread))
-        return cls(expected, spread, first, min_interval, max_interval, jitter=jitter, rng=rng)
+        first = max(min_interval, expected * math.exp(-first_poll_spreads * spread))
+        return cls(expected, spread, first, min_interval, max_interval, density=density, jitter=jitter, rng=rng)
 
     @classmethod
     def fixed(cls, interval: float) -> PollSchedule:
@@ -109,7 +114,7 @@ class PollSchedule:
         else:
             z = math.log(elapsed / self.expected) / self.spread
             # Bound the exponent: far in the tail the cap applies anyway, and exp() must not overflow.
-            interval = DENSITY_FACTOR * self.expected * self.spread * math.exp(min(50.0, SHAPE * z * z))
+            interval = self.density * self.expected * self.spread * math.exp(min(50.0, SHAPE * z * z))
         interval = min(self.max_interval, max(self.min_interval, interval))
         if self.jitter and self.rng is not None:
             interval *= 1.0 + self.jitter * (2.0 * self.rng.random() - 1.0)
@@ -138,9 +143,13 @@ class PollPlanner:
         default_expected: float = 20.0,
         min_interval: float = 0.25,
         max_interval: float = 10.0,
+        first_poll_spreads: float = FIRST_POLL_Z,
+        density: float = DENSITY_FACTOR,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self.first_poll_spreads = first_poll_spreads
+        self.density = density
         self.history_size = history_size
         self.default_expected = default_expected
         self.min_interval = min_interval
@@ -156,6 +165,8 @@ class PollPlanner:
             default_expected=settings.poll_default_expected_seconds,
             min_interval=settings.poll_min_interval,
             max_interval=settings.poll_max_interval,
+            first_poll_spreads=settings.poll_first_poll_spreads,
+            density=settings.poll_density,
         )
 
     async def schedule_for(self, model: str) -> PollSchedule:
@@ -166,6 +177,8 @@ class PollPlanner:
             default_expected=self.default_expected,
             min_interval=self.min_interval,
             max_interval=self.max_interval,
+            first_poll_spreads=self.first_poll_spreads,
+            density=self.density,
         )
 
     async def record(self, model: str, seconds: float) -> None:

@@ -153,3 +153,29 @@ def test_planner_from_settings() -> None:
     )
     planner = PollPlanner.from_settings(MemoryDurations(), settings)
     assert planner.history_size == 7 and planner.min_interval == 0.5
+
+
+def test_density_and_first_poll_settings_trade_lag_for_polls() -> None:
+    history = [8.0 * (1.0 + 0.05 * (i % 5 - 2)) for i in range(20)]
+    common = {"default_expected": 20.0, "min_interval": 0.01, "max_interval": 10.0}
+    default = PollSchedule.from_history(history, **common)
+    denser = PollSchedule.from_history(history, density=0.1, **common)
+    earlier = PollSchedule.from_history(history, first_poll_spreads=3.0, **common)
+    assert len(denser.poll_times(12.0)) > len(default.poll_times(12.0))
+    assert earlier.poll_times(12.0)[0] < default.poll_times(12.0)[0]
+
+
+def test_planner_takes_the_knobs_from_settings() -> None:
+    settings = Settings(
+        _env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, poll_density=0.1, poll_first_poll_spreads=2.0
+    )
+    planner = PollPlanner.from_settings(_NoHistory(), settings)
+    assert (planner.density, planner.first_poll_spreads) == (0.1, 2.0)
+
+
+class _NoHistory:
+    async def record_duration(self, model: str, seconds: float, *, now: float) -> None:
+        raise AssertionError("not used")
+
+    async def recent_durations(self, model: str, limit: int) -> list[float]:
+        return []
