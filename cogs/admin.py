@@ -47,6 +47,11 @@ async def reply(interaction: discord.Interaction[Any], content: str | None = Non
     await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS, **kwargs)
 
 
+async def say(interaction: discord.Interaction[Any], key: str, **params: Any) -> None:
+    """Answer ephemerally with catalog message `key` in the member's locale."""
+    await reply(interaction, text(key, locale_of(interaction), **params))
+
+
 class AdminCog(commands.Cog):
     """Server admin controls."""
 
@@ -84,13 +89,8 @@ class AdminCog(commands.Cog):
         policy = await self.services.policy.set_default_allowance(
             interaction.guild_id, interaction.user.id, amount, period
         )
-        await reply(
-            interaction,
-            text(
-                "admin.default_set",
-                locale_of(interaction),
-                allowance=allowance_text(policy.default_allowance, locale_of(interaction)),
-            ),
+        await say(
+            interaction, "admin.default_set", allowance=allowance_text(policy.default_allowance, locale_of(interaction))
         )
 
     @quota.command(name="set")
@@ -114,14 +114,11 @@ class AdminCog(commands.Cog):
         allowance = await self.services.policy.set_member_allowance(
             interaction.guild_id, interaction.user.id, member.id, amount, None if remove else period
         )
-        await reply(
+        await say(
             interaction,
-            text(
-                "admin.member_set",
-                locale_of(interaction),
-                member=member.mention,
-                allowance=allowance_text(allowance, locale_of(interaction)),
-            ),
+            "admin.member_set",
+            member=member.mention,
+            allowance=allowance_text(allowance, locale_of(interaction)),
         )
 
     @quota.command(name="role")
@@ -145,14 +142,11 @@ class AdminCog(commands.Cog):
         allowance = await self.services.policy.set_role_allowance(
             interaction.guild_id, interaction.user.id, role.id, amount, None if remove else period
         )
-        await reply(
+        await say(
             interaction,
-            text(
-                "admin.role_set",
-                locale_of(interaction),
-                role=role.mention,
-                allowance=allowance_text(allowance, locale_of(interaction)),
-            ),
+            "admin.role_set",
+            role=role.mention,
+            allowance=allowance_text(allowance, locale_of(interaction)),
         )
 
     @quota.command(name="grant")
@@ -235,11 +229,10 @@ class AdminCog(commands.Cog):
         """Cap the whole server's spend per period."""
         assert interaction.guild_id is not None
         policy = await self.services.policy.set_budget(interaction.guild_id, interaction.user.id, amount, period)
-        await reply(
+        await say(
             interaction,
-            text(
-                "admin.budget_set", locale_of(interaction), budget=allowance_text(policy.budget, locale_of(interaction))
-            ),
+            "admin.budget_set",
+            budget=allowance_text(policy.budget, locale_of(interaction)),
         )
 
     @budget.command(name="show")
@@ -356,7 +349,7 @@ class AdminCog(commands.Cog):
         """Set the time zone in which allowance and budget periods reset."""
         assert interaction.guild_id is not None
         policy = await self.services.policy.set_timezone(interaction.guild_id, interaction.user.id, name)
-        await reply(interaction, text("admin.timezone_set", locale_of(interaction), timezone=policy.timezone))
+        await say(interaction, "admin.timezone_set", timezone=policy.timezone)
 
     @server_timezone.autocomplete("name")
     async def _timezones(self, interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
@@ -371,7 +364,7 @@ class AdminCog(commands.Cog):
         """Set the price above which /imagine shows a quote to confirm."""
         assert interaction.guild_id is not None
         await self.services.policy.set_quote_threshold(interaction.guild_id, interaction.user.id, threshold)
-        await reply(interaction, text("admin.quote_set", locale_of(interaction), threshold=threshold))
+        await say(interaction, "admin.quote_set", threshold=threshold)
 
     # --- /blocklist ------------------------------------------------------------------------------------------
 
@@ -387,7 +380,7 @@ class AdminCog(commands.Cog):
         """Refuse prompts containing a word, phrase or pattern (checked before anything is spent)."""
         assert interaction.guild_id is not None
         term = await self.services.policy.add_blocked_term(interaction.guild_id, interaction.user.id, pattern, regex)
-        await reply(interaction, text("admin.blocked_added", locale_of(interaction), id=term.id, pattern=term.pattern))
+        await say(interaction, "admin.blocked_added", id=term.id, pattern=term.pattern)
 
     @blocklist.command(name="remove")
     @admin_only
