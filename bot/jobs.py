@@ -142,10 +142,6 @@ class JobService:
     def accepting(self) -> bool:
         return not self._stopping
 
-    def running_job_ids(self) -> set[str]:
-        """Ids of the jobs this process is running now."""
-        return set(self._tasks)
-
     async def join(self, job_id: str) -> None:
         """Wait until this process has finished working on `job_id` (settled, or left for recovery)."""
         task = self._tasks.get(job_id)
@@ -214,7 +210,9 @@ class JobService:
 
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
-            await self._wake.wait()
+            # Also wake now and then with nothing to do, so that unacknowledged holds are released.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=UNACKNOWLEDGED_AFTER)
             self._wake.clear()
             try:
                 await self._dispatch()
@@ -226,7 +224,8 @@ class JobService:
     async def _dispatch(self) -> None:
         active = await self._store.active_jobs()
         # A queued job without its reply yet is still being acknowledged by the front end: not startable.
-        # One that stays so (its acknowledgement failed and the caller was cancelled) is released.
+        # One that stays so (the acknowledgement failed and its caller was cancelled, or the process died
+        # before answering the member) is released: nobody is waiting for it.
         now = self._clock()
         for job in active:
             unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
@@ -385,13 +384,8 @@ class JobService:
         """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones."""
         presenter = self._require_presenter()
         for job in await self._store.active_jobs():
-            if job.status == JobStatus.QUEUED and job.reply_message_id:
-                continue  # the dispatcher starts it
             if job.status == JobStatus.QUEUED:
-                # Held, but the process died before the member was answered: nobody waits for it.
-                log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
-                await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
-                continue
+                continue  # the dispatcher starts it, or releases it if it was never acknowledged
             if job.id in self._tasks:
                 continue
             if job.status == JobStatus.DELIVERING:

@@ -72,7 +72,6 @@ EN: dict[str, str] = {
     "status.submitting": "Sending your request…",
     "status.generating": "Generating… {elapsed}s",
     "status.downloading": "Downloading {count} image(s)…",
-    "status.uploading": "Uploading…",
     "status.done": "Done",
     "status.failed": "Failed",
     "status.cancelled": "Cancelled",
@@ -85,7 +84,6 @@ EN: dict[str, str] = {
     "embed.price_value": "{total} credits ({count} × {price})",
     "embed.charged": "Charged {charged} credits · {available} left",
     "embed.partial": "{delivered} of {requested} images arrived; you were charged only for those.",
-    "embed.more_images": "More images from this job are below.",
     # Models and credits
     "models.title": "Image models",
     "models.line": "`{name}` · {provider} · {price} credits/image · {mode} · options: {options}",
@@ -145,8 +143,6 @@ EN: dict[str, str] = {
     "admin.default_model": "The default model is now `{model}`.",
     "admin.model_enabled": "`{model}` is allowed on this server.",
     "admin.model_disabled": "`{model}` is refused on this server.",
-    "job.deleted": "Deleted.",
-    "job.cancel_requested": "Cancelling…",
     "job.already_finished": "This job has already finished.",
 }
 

@@ -16,7 +16,7 @@ from typing import Literal
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["queued", "submitting", "generating", "downloading", "uploading"]
+Stage = Literal["queued", "submitting", "generating", "downloading"]
 
 
 @dataclass(frozen=True)

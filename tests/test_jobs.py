@@ -6,8 +6,8 @@ A recording presenter stands in for Discord. Every test checks the books: what w
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,11 +19,13 @@ import pytest
 from bot.config import Settings
 from bot.errors import BotError, DeliveryError
 from bot.jobs import Delivery
+from bot.ledger import Ledger
 from bot.progress import Progress
 from bot.services import Services
 from bot.store import open_store
 from bot.store.base import Store
 from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob
+from tests.factories import make_job
 from tests.fakes.fake_gateway import FakeGateway, Reply
 
 GUILD, CHANNEL = 1, 2
@@ -164,18 +166,15 @@ def new_job(
     mode: str = "sync",
     params: dict[str, Any] | None = None,
 ) -> NewJob:
-    return NewJob(
-        id=uuid.uuid4().hex,
+    return make_job(
         guild_id=GUILD,
         channel_id=CHANNEL,
         user_id=user,
         model=model,
-        prompt="a red fox",
         count=count,
         price=price,
         params=params if params is not None else {},
-        options={},
-        mode=mode,  # type: ignore[arg-type]
+        mode=mode,
         reply_message_id=next(_message_ids),
     )
 
@@ -398,3 +397,51 @@ async def test_a_cancelled_queued_job_gets_no_late_progress_edit(
     await core.presenter.wait_for(lambda ev: sum(e.job_id == d.id and e.kind == "progress" for e in ev) >= 2)
     kinds = [e.kind for e in core.presenter.events if e.job_id == b.id]
     assert kinds[-1] == "failure", kinds
+
+
+@pytest.fixture
+def settled(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], Any]:
+    """`await settled(job_id)`: wait until any Ledger has settled that job (a spy on Ledger.settle)."""
+    done: dict[str, asyncio.Event] = collections.defaultdict(asyncio.Event)
+    original = Ledger.settle
+
+    async def spy(self: Ledger, job_id: str, status: JobStatus, **kwargs: Any) -> Any:
+        result = await original(self, job_id, status, **kwargs)
+        done[job_id].set()
+        return result
+
+    monkeypatch.setattr(Ledger, "settle", spy)
+    return lambda job_id: asyncio.wait_for(done[job_id].wait(), 10)
+
+
+async def test_a_hold_never_acknowledged_is_released_by_the_next_start(
+    start_core: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    monkeypatch: pytest.MonkeyPatch,
+    settled: Callable[[str], Any],
+) -> None:
+    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.05)
+    settings = make_settings()
+    async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        # The process died between holding the credits and answering the member: no reply message.
+        orphan = await services.ledger.hold_for_job(make_job(guild_id=GUILD, price=39), [])
+
+    core = await start_core()
+    await settled(orphan.id)
+    released = await core.store.get_job(orphan.id)
+    assert released is not None and released.status == JobStatus.FAILED
+    assert await entries(core.store, orphan.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+    assert not core.presenter.of("failure", orphan.id), "nobody to tell: it never had a reply"
+
+
+async def test_an_idle_bot_still_releases_a_hold_whose_acknowledgement_failed(
+    start_core: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, settled: Callable[[str], Any]
+) -> None:
+    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.1)
+    core = await start_core()
+    # Held, then Discord refused the acknowledgement and the caller was cancelled: no reply, and no
+    # other activity will wake the dispatcher.
+    orphan = await core.services.jobs.submit(make_job(guild_id=GUILD, price=39), [])
+    await settled(orphan.id)
+    assert await entries(core.store, orphan.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}

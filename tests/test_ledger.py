@@ -13,6 +13,7 @@ from bot.errors import BudgetExhaustedError, InsufficientCreditsError, InvalidAm
 from bot.ledger import MAX_ADJUSTMENT, Balance, BudgetStatus, Ledger, period_bounds
 from bot.store.records import Allowance, EntryKind, JobStatus, NewJob
 from bot.store.sqlite import SqliteStore
+from tests.factories import make_job
 
 G, U, ADMIN = 10, 20, 99
 
@@ -30,19 +31,7 @@ class Clock:
 
 
 def job(job_id: str, *, count: int = 2, price: int = 5, user_id: int = U) -> NewJob:
-    return NewJob(
-        id=job_id,
-        guild_id=G,
-        channel_id=1,
-        user_id=user_id,
-        model="model-a",
-        prompt="p",
-        count=count,
-        price=price,
-        params={},
-        options={},
-        mode="sync",
-    )
+    return make_job(id=job_id, guild_id=G, channel_id=1, user_id=user_id, count=count, price=price)
 
 
 @pytest.fixture

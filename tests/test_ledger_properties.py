@@ -26,8 +26,9 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bot.errors import InsufficientCreditsError
 from bot.ledger import Ledger, period_bounds
-from bot.store.records import Allowance, EntryKind, JobStatus, NewJob
+from bot.store.records import Allowance, EntryKind, JobStatus
 from bot.store.sqlite import SqliteStore
+from tests.factories import make_job
 
 G, U, ADMIN = 1, 2, 3
 ALLOWANCE = 100
@@ -107,18 +108,8 @@ class LedgerMachine(RuleBasedStateMachine):
         amount = count * price
         fits = amount == 0 or self.available >= amount
         expected_available = self.available
-        new_job = NewJob(
-            id=job_id,
-            guild_id=G,
-            channel_id=4,
-            user_id=U,
-            model=f"model-{price % 3}",
-            prompt="p",
-            count=count,
-            price=price,
-            params={},
-            options={},
-            mode="sync",
+        new_job = make_job(
+            id=job_id, guild_id=G, channel_id=4, user_id=U, model=f"model-{price % 3}", count=count, price=price
         )
         try:
             record = self.run(self.ledger.hold_for_job(new_job, []))

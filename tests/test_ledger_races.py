@@ -13,6 +13,7 @@ from bot.errors import BudgetExhaustedError, InsufficientCreditsError
 from bot.ledger import Ledger
 from bot.store.records import Allowance, EntryKind, JobStatus, NewJob
 from bot.store.sqlite import SqliteStore
+from tests.factories import make_job
 
 G, ADMIN = 7, 1
 MEMBER = 500
@@ -20,19 +21,7 @@ NOW = 1_710_000_000.0
 
 
 def job(job_id: str, user_id: int = MEMBER, *, price: int = 7, count: int = 1) -> NewJob:
-    return NewJob(
-        id=job_id,
-        guild_id=G,
-        channel_id=2,
-        user_id=user_id,
-        model="model-a",
-        prompt="p",
-        count=count,
-        price=price,
-        params={},
-        options={},
-        mode="async",
-    )
+    return make_job(id=job_id, guild_id=G, user_id=user_id, count=count, price=price, mode="async")
 
 
 @pytest.fixture(params=["file", "memory"])

@@ -19,8 +19,9 @@ from bot.errors import (
 )
 from bot.ledger import Ledger
 from bot.policy import PolicyService
-from bot.store.records import Allowance, JobStatus, NewJob
+from bot.store.records import Allowance, JobStatus
 from bot.store.sqlite import SqliteStore
+from tests.factories import make_job
 
 GUILD, ADMIN, MEMBER = 1, 900, 100
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
@@ -89,18 +90,8 @@ async def test_default_model_must_be_allowed(policy: PolicyService) -> None:
 
 
 async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store: SqliteStore) -> None:
-    job = NewJob(
-        id="a" * 32,
-        guild_id=GUILD,
-        channel_id=2,
-        user_id=MEMBER,
-        model="stability-ai/sdxl",
-        prompt="p",
-        count=2,
-        price=5,
-        params={},
-        options={},
-        mode="async",
+    job = make_job(
+        id="a" * 32, guild_id=GUILD, user_id=MEMBER, model="stability-ai/sdxl", count=2, price=5, mode="async"
     )
     await ledger.hold_for_job(job, [])
     await store.update_job(job.id, status=JobStatus.SUBMITTING)

@@ -14,6 +14,7 @@ from bot.errors import BudgetExhaustedError, InsufficientCreditsError
 from bot.store import Store, open_store
 from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
 from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
+from tests.factories import make_job
 
 G, U, ADMIN = 100, 200, 999
 NOW = 1_700_000_000.0
@@ -22,18 +23,16 @@ ADJUSTMENTS = (EntryKind.GRANT, EntryKind.DEDUCT)
 
 
 def new_job(job_id: str, *, user_id: int = U, guild_id: int = G, count: int = 2, price: int = 5, **extra) -> NewJob:
-    return NewJob(
+    return make_job(
         id=job_id,
         guild_id=guild_id,
         channel_id=300,
         user_id=user_id,
-        model="model-a",
-        prompt="a red fox",
         count=count,
         price=price,
+        mode="async",
         params={"size": "1024x1024", "n": count},
         options={"aspect_ratio": "1:1"},
-        mode="async",
         **extra,
     )
 
