@@ -1,4 +1,4 @@
-"""Start the bot: settings, logging, then the session, the store and the client, each owned by `async with`.
+"""Start the bot: settings, logging, then the sessions, the store and the client, each owned by `async with`.
 
 `python -m bot` or the `imagine-bot` console script. The end-to-end tests call `run()` too, so they go
 through the same start-up as production.
@@ -20,6 +20,7 @@ from bot.catalog import CatalogError
 from bot.config import Settings
 from bot.errors import StartupError
 from bot.logs import configure_logging
+from bot.net import guarded_session
 from bot.services import Services
 from bot.store import open_store
 
@@ -44,8 +45,12 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
     from bot.discord_app import ImagineBot  # the adapter seam: the one place bot/ touches discord
 
     timeout = aiohttp.ClientTimeout(total=None, connect=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session, open_store(settings.database_url) as store:
-        services = Services.build(settings, session, store)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        guarded_session(allow_loopback=settings.allow_loopback_http) as downloads,
+        open_store(settings.database_url) as store,
+    ):
+        services = Services.build(settings, session, store, downloads=downloads)
         async with ImagineBot(settings, services) as bot:
             loop = asyncio.get_running_loop()
             handled = []

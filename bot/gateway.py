@@ -44,6 +44,7 @@ from bot.errors import (
     UpstreamError,
 )
 from bot.images import ImageData, decode_image_async, inspect_image_async, sniff_format
+from bot.net import refusal_of
 from bot.polling import PollSchedule
 
 if TYPE_CHECKING:
@@ -198,8 +199,12 @@ class GatewayClient:
         poll_deadline: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        download_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._session = session
+        # Result URLs come from the gateway's answers, so they are fetched through a session that refuses
+        # private addresses (`bot.net.guarded_session`); the gateway itself may well sit on a private one.
+        self._downloads = download_session or session
         self._base = base_url.rstrip("/")
         self._api_key = api_key
         self.request_timeout = request_timeout
@@ -211,7 +216,13 @@ class GatewayClient:
         self._warned_statuses: set[tuple[str, str]] = set()
 
     @classmethod
-    def from_settings(cls, session: aiohttp.ClientSession, settings: Settings) -> GatewayClient:
+    def from_settings(
+        cls,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        download_session: aiohttp.ClientSession | None = None,
+    ) -> GatewayClient:
         """A client configured by the gateway_* / poll_* / download_* settings."""
         return cls(
             session,
@@ -221,6 +232,7 @@ class GatewayClient:
             download_max_bytes=settings.download_max_bytes,
             allow_loopback_http=settings.allow_loopback_http,
             poll_deadline=settings.poll_deadline_seconds,
+            download_session=download_session,
         )
 
     def __repr__(self) -> str:
@@ -512,7 +524,8 @@ class GatewayClient:
         """Fetch one result image: https only, size-capped, streamed, checked to be an image off the loop.
 
         No Authorization header goes to result hosts (CDNs are third parties). Redirects are followed by
-        hand so that each hop passes the same URL check.
+        hand so that each hop passes the same URL check; every connection's address is checked by the
+        download session (global unicast only).
         """
         target = self._check_url(url)
         for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
@@ -532,7 +545,7 @@ class GatewayClient:
         limit = self.download_max_bytes
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                async with self._session.get(
+                async with self._downloads.get(
                     target, timeout=self._timeout(), allow_redirects=False, headers={"Accept": "image/*"}
                 ) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
@@ -553,6 +566,11 @@ class GatewayClient:
             except TimeoutError as exc:
                 raise DownloadError("result download timed out", status=None) from exc
             except aiohttp.ClientError as exc:
+                refused = refusal_of(exc)
+                if refused is not None:
+                    # Only the host: a result URL's query may carry a CDN signature.
+                    log.warning("refused to download a result from %s: %s", target.host, refused)
+                    raise _final(DownloadError(f"result host refused: {refused}", status=None)) from exc
                 raise DownloadError(f"result download failed: {type(exc).__name__}", status=None) from exc
         raise _final(DownloadError("too many redirects", status=None))
 

@@ -32,11 +32,21 @@ class Services:
     policy: PolicyService
 
     @classmethod
-    def build(cls, settings: Settings, session: aiohttp.ClientSession, store: Store) -> Services:
-        """Wire the core together. Raises `CatalogError` when the model catalog is unreadable."""
+    def build(
+        cls,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        store: Store,
+        *,
+        downloads: aiohttp.ClientSession | None = None,
+    ) -> Services:
+        """Wire the core together. Raises `CatalogError` when the model catalog is unreadable.
+
+        `downloads` fetches result images (`bot.net.guarded_session`); without it, `session` does.
+        """
         catalog = Catalog.load(settings.model_catalog_path)
         ledger = Ledger.from_settings(store, settings)
-        gateway = GatewayClient.from_settings(session, settings)
+        gateway = GatewayClient.from_settings(session, settings, download_session=downloads)
         jobs = JobService(
             store,
             ledger,
