@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     max_jobs_global: int = Field(default=16, ge=1)
     shutdown_grace_seconds: float = Field(default=8.0, ge=0)
 
+    # Moderation
+    blocklist_max_terms: int = Field(default=500, ge=1, le=5000)
+
     # Operations
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"

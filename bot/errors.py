@@ -76,6 +76,10 @@ class BlockedPromptError(RequestError):
     message_key = "error.blocked_prompt"
 
 
+class BlocklistFullError(RequestError):
+    message_key = "error.blocklist_full"  # params: limit
+
+
 class TooManyJobsError(RequestError):
     message_key = "error.too_many_jobs"  # params: limit
 

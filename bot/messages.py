@@ -29,6 +29,10 @@ EN: dict[str, str] = {
         "This server has reached its image budget for now ({remaining} credits left, {needed} needed)."
     ),
     "error.blocked_prompt": "Your prompt contains words this server does not allow. Nothing was charged.",
+    "error.blocklist_full": (
+        "This server already has {limit} blocked terms, the most it can have. Remove one with "
+        "`/blocklist remove` before adding another."
+    ),
     "error.too_many_jobs": "You already have {limit} images waiting. Wait for one to finish.",
     "error.invalid_value": "`{value}` is not a valid {option}: use {allowed}.",
     "error.invalid_amount": "`{value}` is not a valid amount: use a whole number from 0 to {limit}.",

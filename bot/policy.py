@@ -14,7 +14,13 @@ from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from bot.catalog import Catalog
-from bot.errors import DefaultModelDisabledError, InvalidAmountError, InvalidValueError, ModelDisabledError
+from bot.errors import (
+    BlocklistFullError,
+    DefaultModelDisabledError,
+    InvalidAmountError,
+    InvalidValueError,
+    ModelDisabledError,
+)
 from bot.ledger import Ledger, period_bounds
 from bot.moderation import compile_term
 from bot.store.base import Store
@@ -73,12 +79,14 @@ class PolicyService:
         catalog: Catalog,
         *,
         bot_default_model: str,
+        blocklist_max_terms: int = 500,
         clock: Callable[[], float] = time.time,
     ):
         self._store = store
         self._ledger = ledger
         self._catalog = catalog
         self._bot_default_model = bot_default_model
+        self._blocklist_max_terms = blocklist_max_terms
         self._clock = clock
 
     async def set_default_allowance(self, guild_id: int, actor_id: int, amount: int | None, period: str) -> GuildPolicy:
@@ -135,10 +143,19 @@ class PolicyService:
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), quote_threshold=amount)
 
     async def add_blocked_term(self, guild_id: int, actor_id: int, pattern: str, is_regex: bool) -> BlockedTerm:
+        """Add a term. Refused, with nothing written, when it does not compile or the list is full."""
         compile_term(pattern, is_regex)  # refuse what would not compile, before writing
-        return await self._store.add_blocked_term(
-            guild_id, pattern.strip(), is_regex, actor_id=actor_id, now=self._clock()
+        term = await self._store.add_blocked_term(
+            guild_id,
+            pattern.strip(),
+            is_regex,
+            actor_id=actor_id,
+            now=self._clock(),
+            max_terms=self._blocklist_max_terms,
         )
+        if term is None:
+            raise BlocklistFullError(limit=self._blocklist_max_terms)
+        return term
 
     async def remove_blocked_term(self, guild_id: int, actor_id: int, term_id: int) -> bool:
         return await self._store.remove_blocked_term(guild_id, term_id, actor_id=actor_id, now=self._clock())

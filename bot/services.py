@@ -59,5 +59,11 @@ class Services:
             ),
             progress_interval=settings.progress_edit_interval,
         )
-        policy = PolicyService(store, ledger, catalog, bot_default_model=settings.default_model)
+        policy = PolicyService(
+            store,
+            ledger,
+            catalog,
+            bot_default_model=settings.default_model,
+            blocklist_max_terms=settings.blocklist_max_terms,
+        )
         return cls(settings, catalog, store, ledger, gateway, jobs, Moderator(store), policy)

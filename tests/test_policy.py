@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -11,6 +12,7 @@ import pytest
 
 from bot.catalog import Catalog
 from bot.errors import (
+    BlocklistFullError,
     DefaultModelDisabledError,
     InvalidAmountError,
     InvalidValueError,
@@ -121,3 +123,30 @@ async def test_the_default_model_cannot_be_disabled(policy: PolicyService) -> No
         await policy.set_model_allowed(GUILD, ADMIN, "stability-ai/sdxl", False)
     disabled = await policy.set_model_allowed(GUILD, ADMIN, "gemini-2.5-flash-image", False)
     assert not disabled.is_model_allowed("gemini-2.5-flash-image")
+
+
+async def test_a_full_blocklist_refuses_more_terms_and_writes_nothing(store: SqliteStore, ledger: Ledger) -> None:
+    capped = PolicyService(
+        store,
+        ledger,
+        Catalog.load(),
+        bot_default_model="gemini-2.5-flash-image",
+        blocklist_max_terms=3,
+        clock=lambda: NOW,
+    )
+    # Five admins at once at the edge: the count and the insert are one statement, so only three get in.
+    results = await asyncio.gather(
+        *(capped.add_blocked_term(GUILD, ADMIN, f"word{i}", False) for i in range(5)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, BlocklistFullError)]
+    assert len(refused) == 2 and refused[0].params == {"limit": 3}
+    assert len(await store.blocked_terms(GUILD)) == 3
+    version = await store.blocklist_version(GUILD)
+    with pytest.raises(BlocklistFullError):
+        await capped.add_blocked_term(GUILD, ADMIN, "one more", False)
+    assert len(await store.recent_audit(GUILD, 10)) == 3
+    assert await store.blocklist_version(GUILD) == version, "a refused add changes nothing"
+    await capped.add_blocked_term(GUILD + 1, ADMIN, "elsewhere", False)  # the cap is per server
+    term = (await store.blocked_terms(GUILD))[0]
+    assert await capped.remove_blocked_term(GUILD, ADMIN, term.id)
+    assert (await capped.add_blocked_term(GUILD, ADMIN, "room again", False)).pattern == "room again"

@@ -221,9 +221,14 @@ class Store(ABC):
     async def blocked_terms(self, guild_id: int) -> list[BlockedTerm]: ...
 
     @abstractmethod
+    async def blocklist_version(self, guild_id: int) -> int:
+        """A number that changes whenever the server's blocked terms change (0 before the first change)."""
+
+    @abstractmethod
     async def add_blocked_term(
-        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float
-    ) -> BlockedTerm: ...
+        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float, max_terms: int | None = None
+    ) -> BlockedTerm | None:
+        """Add and audit a term; None, with nothing written, when the server already has `max_terms`."""
 
     @abstractmethod
     async def remove_blocked_term(self, guild_id: int, term_id: int, *, actor_id: int, now: float) -> bool: ...

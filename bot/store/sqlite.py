@@ -1052,27 +1052,47 @@ class SqliteStore(Store):
             for row in rows
         ]
 
-    async def add_blocked_term(
-        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float
-    ) -> BlockedTerm:
-        detail = {"pattern": pattern, "is_regex": bool(is_regex)}
+    async def blocklist_version(self, guild_id: int) -> int:
+        rows = await self._read("SELECT version FROM blocklist_versions WHERE guild_id = ?", (guild_id,))
+        return int(rows[0][0]) if rows else 0
 
-        async def body(db: aiosqlite.Connection) -> int:
-            rows, _ = await self._pipeline(
-                db.execute_fetchall(
+    @staticmethod
+    def _bump_blocklist(db: aiosqlite.Connection, guild_id: int) -> Awaitable[Any]:
+        return db.execute(
+            "INSERT INTO blocklist_versions (guild_id, version) VALUES (?, 1)"
+            " ON CONFLICT (guild_id) DO UPDATE SET version = version + 1",
+            (guild_id,),
+        )
+
+    async def add_blocked_term(
+        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float, max_terms: int | None = None
+    ) -> BlockedTerm | None:
+        limit = -1 if max_terms is None else max_terms
+
+        async def body(db: aiosqlite.Connection) -> int | None:
+            # The count and the insert are one statement in the write transaction: two admins adding at
+            # once cannot pass the cap together.
+            rows = list(
+                await db.execute_fetchall(
                     "INSERT INTO blocked_terms (guild_id, pattern, is_regex, created_by, created_at)"
-                    " VALUES (?, ?, ?, ?, ?) RETURNING id",
-                    (guild_id, pattern, int(bool(is_regex)), actor_id, now),
-                ),
-                db.execute(
-                    "INSERT INTO audit_log (guild_id, actor_id, action, detail, created_at)"
-                    " VALUES (?, ?, 'blocked_term.add', json_set(?, '$.term_id', last_insert_rowid()), ?)",
-                    (guild_id, actor_id, _dump(detail), now),
-                ),
+                    " SELECT ?, ?, ?, ?, ?"
+                    " WHERE ? < 0 OR (SELECT COUNT(*) FROM blocked_terms WHERE guild_id = ?) < ?"
+                    " RETURNING id",
+                    (guild_id, pattern, int(bool(is_regex)), actor_id, now, limit, guild_id, limit),
+                )
             )
-            return int(next(iter(rows))[0])
+            if not rows:
+                return None
+            term_id = int(rows[0][0])
+            detail = {"pattern": pattern, "is_regex": bool(is_regex), "term_id": term_id}
+            await self._pipeline(
+                self._audit(db, guild_id, actor_id, "blocked_term.add", detail, now), self._bump_blocklist(db, guild_id)
+            )
+            return term_id
 
         term_id = await self._write(body)
+        if term_id is None:
+            return None
         return BlockedTerm(
             id=term_id, guild_id=guild_id, pattern=pattern, is_regex=bool(is_regex), created_by=actor_id, created_at=now
         )
@@ -1088,7 +1108,10 @@ class SqliteStore(Store):
             if not rows:
                 return False
             detail = {"term_id": term_id, "pattern": rows[0][0], "is_regex": bool(rows[0][1])}
-            await self._audit(db, guild_id, actor_id, "blocked_term.remove", detail, now)
+            await self._pipeline(
+                self._audit(db, guild_id, actor_id, "blocked_term.remove", detail, now),
+                self._bump_blocklist(db, guild_id),
+            )
             return True
 
         return await self._write(body)

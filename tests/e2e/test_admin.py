@@ -564,6 +564,18 @@ async def test_blocklist_add_list_remove_and_refusal(running: World) -> None:
     assert await says(running, "blocklist list") == "No blocked terms."
 
 
+async def test_blocklist_add_beyond_the_cap_is_refused_clearly(world: World) -> None:
+    await world.start(blocklist_max_terms=2)
+    assert await says(world, "blocklist add", {"pattern": "dragon"}) == "Blocked term #1: `dragon`."
+    assert await says(world, "blocklist add", {"pattern": "castle"}) == "Blocked term #2: `castle`."
+    assert await says(world, "blocklist add", {"pattern": "moat"}) == (
+        "This server already has 2 blocked terms, the most it can have. Remove one with `/blocklist remove` "
+        "before adding another."
+    )
+    assert await says(world, "blocklist list") == "`1` `dragon`\n`2` `castle`"
+    assert await audit_actions(world) == ["blocked_term.add", "blocked_term.add"]
+
+
 # --- /audit -------------------------------------------------------------------------------------------------
 
 
