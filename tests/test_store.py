@@ -354,6 +354,19 @@ async def test_blocked_terms_are_audited(store: SqliteStore) -> None:
     assert audit[0].detail["term_id"] == term.id and audit[-1].detail["term_id"] == term.id
 
 
+async def test_the_blocklist_version_changes_with_every_change_and_only_then(store: SqliteStore) -> None:
+    assert await store.blocklist_version(G) == 0
+    term = await store.add_blocked_term(G, "gore", False, actor_id=ADMIN, now=NOW)
+    assert term is not None
+    after_add = await store.blocklist_version(G)
+    assert after_add != 0 and await store.blocklist_version(G + 1) == 0
+    assert await store.remove_blocked_term(G, term.id + 99, actor_id=ADMIN, now=NOW) is False
+    assert await store.add_blocked_term(G, "x", False, actor_id=ADMIN, now=NOW, max_terms=1) is None
+    assert await store.blocklist_version(G) == after_add, "a refused change is no change"
+    assert await store.remove_blocked_term(G, term.id, actor_id=ADMIN, now=NOW)
+    assert await store.blocklist_version(G) not in (0, after_add)
+
+
 async def test_durations_keep_the_newest(store: SqliteStore) -> None:
     for i in range(DURATIONS_KEPT_PER_MODEL + 20):
         await store.record_duration("model-a", float(i), now=NOW + i)
