@@ -121,3 +121,21 @@ async def test_the_default_model_cannot_be_disabled(policy: PolicyService) -> No
         await policy.set_model_allowed(GUILD, ADMIN, "stability-ai/sdxl", False)
     disabled = await policy.set_model_allowed(GUILD, ADMIN, "gemini-2.5-flash-image", False)
     assert not disabled.is_model_allowed("gemini-2.5-flash-image")
+
+
+async def test_server_language_is_stored_audited_and_validated(policy: PolicyService, store: SqliteStore) -> None:
+    assert (await store.get_policy(GUILD)).language == "auto"
+    with pytest.raises(InvalidValueError):
+        await policy.set_language(GUILD, ADMIN, "klingon")
+    assert await store.recent_audit(GUILD, 10) == []
+    assert (await policy.set_language(GUILD, ADMIN, "ko")).language == "ko"
+    assert (await store.get_policy(GUILD)).language == "ko"
+    (entry,) = await store.recent_audit(GUILD, 10)
+    assert entry.action == "policy.update" and entry.detail == {"language": "ko"}
+
+
+async def test_csv_headers_follow_the_admins_language(policy: PolicyService) -> None:
+    english, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "en-US")
+    korean, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "ko")
+    assert english.decode().splitlines()[0] == "id,time_utc,user_id,kind,amount,job_id,model,actor_id,reason"
+    assert korean.decode().splitlines()[0] == "번호,시각_UTC,사용자_ID,종류,크레딧,작업_ID,모델,처리자_ID,사유"
