@@ -104,7 +104,9 @@ async def test_every_gateway_failure_class_reads_in_korean(running: World) -> No
         Reply.error(403, "model not enabled"),
         Reply.error(404, "unknown model"),
         Reply.error(500, "boom"),
+        Reply.error(503, "upstream unavailable"),
         Reply.malformed_json(),
+        Reply.json({"id": "img-1", "created": 1}),
         Reply.content_policy(),
     ]
     for reply in failures:
@@ -113,6 +115,13 @@ async def test_every_gateway_failure_class_reads_in_korean(running: World) -> No
         await running.finished(fi)
         assert_korean(fi.edits[-1], "등대")
         assert status_line(fi.edits[-1]).endswith("크레딧은 환불됐어요.")
+
+    # A 400 quotes the provider's own reason (its words, not ours) inside the Korean sentence.
+    reason = "prompt contains unsupported characters"
+    running.gw.enqueue(Reply.error(400, reason), method="POST")
+    fi = await running.imagine("등대", user=running.fd.bob, locale="ko", model=SYNC_MODEL)
+    await running.finished(fi)
+    assert status_line(fi.edits[-1]) == f"실패 · 이미지 서비스가 요청을 거절했어요: {reason}. 크레딧은 환불됐어요."
 
 
 async def test_korean_credits_and_models_list(running: World) -> None:
