@@ -21,7 +21,9 @@ from bot.errors import (
     InvalidValueError,
     ModelDisabledError,
 )
+from bot.i18n import languages
 from bot.ledger import Ledger, period_bounds
+from bot.messages import text
 from bot.moderation import compile_term
 from bot.store.base import Store
 from bot.store.records import Allowance, BlockedTerm, GuildPolicy, Period
@@ -142,6 +144,13 @@ class PolicyService:
             raise InvalidAmountError(value=amount, limit=MAX_ALLOWANCE)
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), quote_threshold=amount)
 
+    async def set_language(self, guild_id: int, actor_id: int, language: str) -> GuildPolicy:
+        """The language of what the bot posts on its own here: "auto" (Discord's preferred locale) or a code."""
+        allowed = ("auto", *languages())
+        if language not in allowed:
+            raise InvalidValueError(option="language", value=language, allowed=", ".join(allowed))
+        return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), language=language)
+
     async def add_blocked_term(self, guild_id: int, actor_id: int, pattern: str, is_regex: bool) -> BlockedTerm:
         """Add a term. Refused, with nothing written, when it does not compile or the list is full."""
         compile_term(pattern, is_regex)  # refuse what would not compile, before writing
@@ -171,9 +180,12 @@ class PolicyService:
         top_members = [] if user_id is not None else await self._store.top_spenders(guild_id, start, top)
         return UsageReport(period, start, resets_at, by_model, top_members, sum(by_model.values()))
 
-    async def export_ledger(self, guild_id: int, first_day: str, last_day: str) -> tuple[bytes, int]:
+    async def export_ledger(
+        self, guild_id: int, first_day: str, last_day: str, locale: str | None = None
+    ) -> tuple[bytes, int]:
         """The ledger from `first_day` to `last_day` (YYYY-MM-DD, inclusive, in the server's time zone) as CSV.
 
+        Column headers are in the language of `locale`; values are not translated (ISO 8601 UTC times).
         Returns the CSV bytes and the number of rows.
         """
         first, last = parse_export_range(first_day, last_day)
@@ -184,7 +196,7 @@ class PolicyService:
         entries = await self._store.ledger_entries(guild_id, start, end)
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["id", "time_utc", "user_id", "kind", "amount", "job_id", "model", "actor_id", "reason"])
+        writer.writerow([text(f"csv.{column}", locale) for column in CSV_COLUMNS])
         for e in entries:
             when = datetime.fromtimestamp(e.created_at).astimezone(ZoneInfo("UTC")).isoformat(timespec="seconds")
             writer.writerow(
@@ -201,6 +213,9 @@ class PolicyService:
                 ]
             )
         return buffer.getvalue().encode("utf-8"), len(entries)
+
+
+CSV_COLUMNS = ("id", "time_utc", "user_id", "kind", "amount", "job_id", "model", "actor_id", "reason")
 
 
 def parse_export_range(first_day: str, last_day: str) -> tuple[date, date]:

@@ -16,10 +16,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_app import NO_MENTIONS, locale_of
-from bot.messages import text
+from bot.discord_app import NO_MENTIONS, language_choices, locale_of
+from bot.i18n import catalogs, server_language
+from bot.messages import has_text, number_text, text
 from bot.policy import parse_export_range
-from bot.store.records import Allowance
+from cogs.rendering import allowance_text
 
 if TYPE_CHECKING:
     from bot.discord_app import ImagineBot
@@ -29,14 +30,6 @@ Amount = app_commands.Range[int, 0, 1_000_000]
 GrantAmount = app_commands.Range[int, 1, 1_000_000]
 ADMIN = discord.Permissions(manage_guild=True)
 admin_only = app_commands.checks.has_permissions(manage_guild=True)
-
-
-def allowance_text(allowance: Allowance | None, locale: str) -> str:
-    if allowance is None:
-        return text("admin.not_set", locale)
-    if allowance.unlimited:
-        return text("credits.unlimited", locale)
-    return text("credits.allowance_value", locale, amount=allowance.amount, period=allowance.period)
 
 
 def when(epoch: float | None, style: str = "R") -> str:
@@ -209,11 +202,13 @@ class AdminCog(commands.Cog):
         embed.add_field(name=text("credits.allowance", locale), value=allowance_text(balance.allowance, locale))
         embed.add_field(
             name=text("credits.available", locale),
-            value=text("credits.unlimited", locale) if balance.available is None else str(balance.available),
+            value=text("credits.unlimited", locale)
+            if balance.available is None
+            else number_text(balance.available, locale),
         )
-        embed.add_field(name=text("credits.held", locale), value=str(balance.held))
-        embed.add_field(name=text("admin.spent", locale), value=str(balance.captured))
-        embed.add_field(name=text("admin.granted_total", locale), value=str(balance.granted))
+        embed.add_field(name=text("credits.held", locale), value=number_text(balance.held, locale))
+        embed.add_field(name=text("admin.spent", locale), value=number_text(balance.captured, locale))
+        embed.add_field(name=text("admin.granted_total", locale), value=number_text(balance.granted, locale))
         embed.add_field(name=text("credits.resets", locale), value=when(balance.resets_at))
         await reply(interaction, embed=embed)
 
@@ -274,14 +269,19 @@ class AdminCog(commands.Cog):
             name=text("admin.by_model", locale),
             inline=False,
             value="\n".join(
-                f"`{model}` · {credits}" for model, credits in sorted(report.by_model.items(), key=lambda i: -i[1])
+                text("usage.model_line", locale, model=model, credits=credits)
+                for model, credits in sorted(report.by_model.items(), key=lambda i: -i[1])
             )[:1024]
             or "—",
         )
         embed.add_field(
             name=text("admin.top_members", locale),
             inline=False,
-            value="\n".join(f"<@{user}> · {credits}" for user, credits in report.top_members)[:1024] or "—",
+            value="\n".join(
+                text("usage.member_line", locale, member=f"<@{user}>", credits=credits)
+                for user, credits in report.top_members
+            )[:1024]
+            or "—",
         )
         await reply(interaction, embed=embed)
 
@@ -293,7 +293,13 @@ class AdminCog(commands.Cog):
         assert interaction.guild_id is not None
         locale = locale_of(interaction)
         report = await self.services.policy.usage(interaction.guild_id, user_id=member.id)
-        lines = "\n".join(f"`{m}` · {c}" for m, c in sorted(report.by_model.items(), key=lambda i: -i[1])) or "—"
+        lines = (
+            "\n".join(
+                text("usage.model_line", locale, model=m, credits=c)
+                for m, c in sorted(report.by_model.items(), key=lambda i: -i[1])
+            )
+            or "—"
+        )
         await reply(
             interaction,
             text(
@@ -317,7 +323,7 @@ class AdminCog(commands.Cog):
         parse_export_range(start, end)  # a bad range is refused as the first answer
         # A long range on a busy server takes a while to read: acknowledge first (Discord's 3 s).
         await interaction.response.defer(ephemeral=True, thinking=True)
-        data, rows = await self.services.policy.export_ledger(interaction.guild_id, start, end)
+        data, rows = await self.services.policy.export_ledger(interaction.guild_id, start, end, locale)
         if len(data) > interaction.filesize_limit:
             await interaction.followup.send(text("error.export_too_large", locale, size=len(data)), ephemeral=True)
             return
@@ -333,12 +339,21 @@ class AdminCog(commands.Cog):
     async def audit(self, interaction: discord.Interaction[Any]) -> None:
         """Recent admin changes on this server."""
         assert interaction.guild_id is not None
+        locale = locale_of(interaction)
         entries = await self.services.store.recent_audit(interaction.guild_id, 15)
         lines = [
-            f"{when(e.created_at)} <@{e.actor_id}> `{e.action}` {json.dumps(e.detail, ensure_ascii=False)[:150]}"
+            text(
+                "audit.line",
+                locale,
+                when=when(e.created_at),
+                actor=f"<@{e.actor_id}>",
+                code=e.action,
+                action=text(f"audit.{e.action}", locale) if has_text(f"audit.{e.action}") else "",
+                detail=json.dumps(e.detail, ensure_ascii=False)[:150],
+            )
             for e in entries
         ]
-        await reply(interaction, "\n".join(lines)[:2000] or text("admin.audit_empty", locale_of(interaction)))
+        await reply(interaction, "\n".join(lines)[:2000] or text("admin.audit_empty", locale))
 
     # --- /server settings ------------------------------------------------------------------------------------
 
@@ -365,6 +380,23 @@ class AdminCog(commands.Cog):
         assert interaction.guild_id is not None
         await self.services.policy.set_quote_threshold(interaction.guild_id, interaction.user.id, threshold)
         await say(interaction, "admin.quote_set", threshold=threshold)
+
+    @server.command(name="language")
+    @admin_only
+    @app_commands.describe(language="auto follows the server's Discord language")
+    @app_commands.choices(language=language_choices())
+    async def server_language(self, interaction: discord.Interaction[Any], language: str) -> None:
+        """Set the language of what the bot posts on its own in this server."""
+        assert interaction.guild_id is not None
+        locale = locale_of(interaction)
+        policy = await self.services.policy.set_language(interaction.guild_id, interaction.user.id, language)
+        preferred = getattr(interaction.guild, "preferred_locale", None)
+        shown = server_language(policy.language, getattr(preferred, "value", preferred))
+        key = f"language_name.{shown}"
+        name = text(key, locale) if has_text(key) else catalogs()[shown]["language.name"]
+        await say(
+            interaction, "server.language_auto" if policy.language == "auto" else "server.language_set", language=name
+        )
 
     # --- /blocklist ------------------------------------------------------------------------------------------
 
@@ -398,8 +430,12 @@ class AdminCog(commands.Cog):
         """Show the blocked terms."""
         assert interaction.guild_id is not None
         terms = await self.services.store.blocked_terms(interaction.guild_id)
-        lines = [f"`{t.id}` {'regex ' if t.is_regex else ''}`{t.pattern}`" for t in terms]
-        await reply(interaction, "\n".join(lines)[:2000] or text("admin.blocked_empty", locale_of(interaction)))
+        locale = locale_of(interaction)
+        lines = [
+            text("blocklist.regex_line" if t.is_regex else "blocklist.line", locale, id=t.id, pattern=t.pattern)
+            for t in terms
+        ]
+        await reply(interaction, "\n".join(lines)[:2000] or text("admin.blocked_empty", locale))
 
 
 async def setup(bot: ImagineBot) -> None:

@@ -120,18 +120,18 @@ async def _owned_job(interaction: discord.Interaction[Any], job_id: str) -> JobR
     return job
 
 
-def running_view(job: JobRecord) -> discord.ui.View:
-    """Buttons while a job is queued or running."""
+def running_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
+    """Buttons while a job is queued or running (labels in `locale`, by default the job's)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("cancel", job.id, job.locale))
+    view.add_item(JobButton("cancel", job.id, locale or job.locale))
     return view
 
 
-def result_view(job: JobRecord) -> discord.ui.View:
-    """Buttons under delivered images."""
+def result_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
+    """Buttons under delivered images (labels in `locale`, by default the job's)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("reroll", job.id, job.locale))
-    view.add_item(JobButton("delete", job.id, job.locale))
+    view.add_item(JobButton("reroll", job.id, locale or job.locale))
+    view.add_item(JobButton("delete", job.id, locale or job.locale))
     return view
 
 

@@ -150,3 +150,21 @@ async def test_a_full_blocklist_refuses_more_terms_and_writes_nothing(store: Sql
     term = (await store.blocked_terms(GUILD))[0]
     assert await capped.remove_blocked_term(GUILD, ADMIN, term.id)
     assert (await capped.add_blocked_term(GUILD, ADMIN, "room again", False)).pattern == "room again"
+
+
+async def test_server_language_is_stored_audited_and_validated(policy: PolicyService, store: SqliteStore) -> None:
+    assert (await store.get_policy(GUILD)).language == "auto"
+    with pytest.raises(InvalidValueError):
+        await policy.set_language(GUILD, ADMIN, "klingon")
+    assert await store.recent_audit(GUILD, 10) == []
+    assert (await policy.set_language(GUILD, ADMIN, "ko")).language == "ko"
+    assert (await store.get_policy(GUILD)).language == "ko"
+    (entry,) = await store.recent_audit(GUILD, 10)
+    assert entry.action == "policy.update" and entry.detail == {"language": "ko"}
+
+
+async def test_csv_headers_follow_the_admins_language(policy: PolicyService) -> None:
+    english, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "en-US")
+    korean, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "ko")
+    assert english.decode().splitlines()[0] == "id,time_utc,user_id,kind,amount,job_id,model,actor_id,reason"
+    assert korean.decode().splitlines()[0] == "번호,시각_UTC,사용자_ID,종류,크레딧,작업_ID,모델,처리자_ID,사유"

@@ -168,6 +168,7 @@ class GuildPolicy:
     quote_threshold: int | None = None  # None: the bot-wide default from settings
     model_rules: dict[str, bool] = field(default_factory=dict)  # model -> allowed
     models_allowed_by_default: bool = True
+    language: str = "auto"  # what the bot posts on its own here: "auto" (Discord's preferred locale) or a code
 
     def is_model_allowed(self, model: str) -> bool:
         return self.model_rules.get(model, self.models_allowed_by_default)

@@ -93,7 +93,15 @@ _UPDATABLE_JOB_FIELDS = frozenset(
     }
 )
 _POLICY_FIELDS = frozenset(
-    {"timezone", "default_allowance", "budget", "default_model", "quote_threshold", "models_allowed_by_default"}
+    {
+        "timezone",
+        "default_allowance",
+        "budget",
+        "default_model",
+        "quote_threshold",
+        "models_allowed_by_default",
+        "language",
+    }
 )
 _NEW_JOB_FIELDS = tuple(f.name for f in dataclass_fields(NewJob))
 
@@ -295,6 +303,7 @@ def _policy_from_row(guild_id: int, row: sqlite3.Row) -> GuildPolicy:
         quote_threshold=row["quote_threshold"],
         model_rules=rules,
         models_allowed_by_default=bool(row["models_allowed_by_default"]),
+        language=row["language"],
     )
 
 

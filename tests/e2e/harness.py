@@ -15,6 +15,8 @@ from typing import Any
 from bot.__main__ import run
 from bot.config import Settings
 from bot.discord_app import ImagineBot
+from bot.i18n import languages
+from bot.messages import text
 from bot.store import open_store
 from bot.store.base import Store
 from bot.store.records import EntryKind, JobRecord
@@ -99,9 +101,9 @@ class World:
         assert self.bot is not None, "the bot is not running"
         return self.bot.services.store
 
-    async def imagine(self, prompt: str, *, user: Any = None, **options: Any) -> FakeInteraction:
-        """Run /imagine as a member."""
-        return await self.fd.send_slash_command("imagine", {"prompt": prompt, **options}, user=user)
+    async def imagine(self, prompt: str, *, user: Any = None, locale: str = "en-US", **options: Any) -> FakeInteraction:
+        """Run /imagine as a member whose Discord client is in `locale`."""
+        return await self.fd.send_slash_command("imagine", {"prompt": prompt, **options}, user=user, locale=locale)
 
     async def command(self, path: str, options: dict[str, Any] | None = None, **kwargs: Any) -> FakeInteraction:
         """Run any slash command (`"quota grant"`, ...) and wait for Discord to get its answer."""
@@ -147,21 +149,48 @@ class World:
         return store
 
 
+def _in_every_language(key: str) -> set[str]:
+    return {text(key, language) for language in languages()}
+
+
 def _status(message: FakeMessage | MessageRevision) -> str | None:
-    """What the reply says: "done", "failed" or None (still working), from its embed's colour and files."""
+    """What the reply says: "done", "failed" or None (still working), from its status field and files.
+
+    Works in every shipped language: the status field's name and its first word come from the catalog."""
     if message.attachments:
         return "done"
+    ended = tuple(_in_every_language("status.failed") | _in_every_language("status.cancelled"))
     for embed in message.embeds:
         for item in embed.get("fields", []):
-            if item.get("name") == "Status" and item.get("value", "").startswith(("Failed", "Cancelled")):
+            if item.get("name") in _in_every_language("embed.status") and item.get("value", "").startswith(ended):
                 return "failed"
     return None
 
 
 def status_line(message: FakeMessage | MessageRevision) -> str:
-    """The status field of the reply's first embed."""
+    """The status field of the reply's first embed (in whatever language it is shown)."""
     for embed in message.embeds:
         for item in embed.get("fields", []):
-            if item.get("name") == "Status":
+            if item.get("name") in _in_every_language("embed.status"):
                 return str(item.get("value", ""))
     return ""
+
+
+def visible(shown: Any) -> list[str]:
+    """Every piece of text a member sees in a message or an interaction callback: content, embed title,
+    description, field names and values, footer, and button labels."""
+    if isinstance(shown, dict):
+        content, embeds, components = shown.get("content"), shown.get("embeds") or [], shown.get("components") or []
+    else:
+        content, embeds, components = shown.content, shown.embeds, shown.components
+    found = [content] if content else []
+    for embed in embeds:
+        found += [embed.get("title"), embed.get("description"), (embed.get("footer") or {}).get("text")]
+        for item in embed.get("fields", []):
+            found += [item.get("name"), item.get("value")]
+    stack = list(components)
+    while stack:
+        component = stack.pop()
+        found.append(component.get("label"))
+        stack += component.get("components", [])
+    return [piece for piece in found if piece]

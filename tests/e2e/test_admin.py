@@ -35,6 +35,7 @@ ADMIN_COMMANDS: dict[str, Callable[[FakeDiscord], dict[str, Any]]] = {
     "audit": lambda fd: {},
     "server timezone": lambda fd: {"name": "Asia/Seoul"},
     "server quote": lambda fd: {"threshold": 10},
+    "server language": lambda fd: {"language": "ko"},
     "blocklist add": lambda fd: {"pattern": "dragon"},
     "blocklist remove": lambda fd: {"term_id": 1},
     "blocklist list": lambda fd: {},
@@ -246,7 +247,7 @@ async def test_values_the_core_refuses_are_explained_and_nothing_is_written(
 async def test_quota_set_and_role_need_an_amount_unless_unlimited_or_removing(running: World) -> None:
     _, _, bob = people(running)
     everyone = running.fd.guild.everyone  # type: ignore[union-attr]
-    missing = "`(none)` is not a valid amount: use a whole number from 0 to 1000000."
+    missing = "`(none)` is not a valid amount: use a whole number from 0 to 1,000,000."
     assert await says(running, "quota set", {"member": bob}) == missing, "not a silent 0 per month"
     assert await says(running, "quota role", {"role": everyone, "period": "day"}) == missing
     await assert_nothing_written(running)

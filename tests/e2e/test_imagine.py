@@ -152,7 +152,7 @@ async def test_async_failures_release_the_hold_and_explain(
         ({"model": "runwayml/gen4-image", "size": "4K"}, "not a valid size"),
         ({"model": "dall-e-9"}, "There is no model called"),
         ({"prompt": "   "}, "prompt is empty"),
-        ({"prompt": "x" * 1501}, "limit is 1500"),
+        ({"prompt": "x" * 1501}, "limit is 1,500"),
     ],
 )
 async def test_refused_request_gets_one_ephemeral_message_and_changes_nothing(
