@@ -177,6 +177,10 @@ class GatewayUnavailableError(GatewayError):
     message_key = "error.gateway_unavailable"  # could not connect at all
 
 
+class OperationLostError(GatewayError):
+    message_key = "error.operation_lost"  # 404 on a poll: the gateway no longer knows the operation
+
+
 # --- Job life ---------------------------------------------------------------------------------------------
 
 

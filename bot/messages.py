@@ -65,6 +65,7 @@ EN: dict[str, str] = {
     "error.download": "The finished image could not be downloaded. Your credits were refunded.",
     "error.gateway_unavailable": "The image service cannot be reached right now. Your credits were refunded.",
     "error.cancelled": "Cancelled. Your credits were refunded.",
+    "error.operation_lost": "The image service no longer knows this request. Your credits were refunded.",
     "error.interrupted": "The bot restarted before this image came back. Your credits were refunded.",
     "error.delivery": "The images could not be posted here. Your credits were refunded.",
     # Progress and results

@@ -1,0 +1,74 @@
+"""A job's books in the interleavings real servers produce: long downtimes, crashes between posting and
+settling, double clicks, cancels racing the dispatcher, rate-limited edits, floods. Real discord.py client,
+fake Discord, fake gateway."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bot.store.records import EntryKind, JobStatus
+from tests.e2e.harness import WAIT, World, status_line
+from tests.fakes.fake_discord import FakeInteraction
+
+ASYNC_MODEL, ASYNC_PRICE = "xai/grok-imagine-image", 20
+SYNC_MODEL, SYNC_PRICE = "gemini-2.5-flash-image", 39
+
+
+async def _down_for_two_hours_mid_poll(world: World, prompt: str) -> tuple[FakeInteraction, str, str]:
+    """Start an async job, stop the bot while it polls, and age the job past any poll deadline.
+
+    Returns the interaction, the job id and the gateway's operation id.
+    """
+    world.gw.configure(ASYNC_MODEL, completion_delay=3600)
+    fi = await world.imagine(prompt, model=ASYNC_MODEL)
+    job = await world.job_of(fi)
+    await world.gw.wait_for_request(lambda r: r.kind == "POLL", timeout=WAIT)
+    await world.stop()
+    store = await world.open_store()
+    try:
+        stored = await store.get_job(job.id)
+        assert stored is not None and stored.operation_id and stored.submitted_at
+        await store.update_job(job.id, submitted_at=stored.submitted_at - 7200)
+    finally:
+        await store.close()
+    return fi, job.id, stored.operation_id
+
+
+async def test_a_job_that_finished_during_a_long_downtime_is_delivered_once(world: World) -> None:
+    await world.start(poll_deadline_seconds=60)
+    fi, job_id, operation = await _down_for_two_hours_mid_poll(world, "a lighthouse")
+    polls_before = world.gw.polls_of(operation)
+    world.gw.complete(operation)  # it finished while the bot was down
+
+    await world.start(poll_deadline_seconds=60)
+    message = await world.finished(fi)
+    assert len(message.attachments) == 1, "delivered, not failed unseen"
+    assert world.gw.polls_of(operation) > polls_before, "polled again after the restart"
+    assert len(world.gw.posts) == 1
+    assert await world.ledger_of(job_id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.CAPTURE: ASYNC_PRICE}
+
+
+async def test_a_job_still_running_after_a_long_downtime_gets_the_deadline_from_the_restart(world: World) -> None:
+    await world.start(poll_deadline_seconds=60)
+    fi, job_id, operation = await _down_for_two_hours_mid_poll(world, "a slow comet")
+    polls_before = world.gw.polls_of(operation)
+
+    await world.start(poll_deadline_seconds=60)
+    await world.fd.wait_for(lambda: world.gw.polls_of(operation) >= polls_before + 2, WAIT, what="polled twice")
+    job = await world.store.get_job(job_id)
+    assert job is not None and job.status == JobStatus.POLLING, "still running: it keeps polling"
+    world.gw.complete(operation)
+    message = await world.finished(fi)
+    assert len(message.attachments) == 1 and world.gw.polls_of(operation) > polls_before + 1
+    assert await world.ledger_of(job_id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.CAPTURE: ASYNC_PRICE}
+
+
+async def test_a_job_the_gateway_forgot_during_a_downtime_is_refunded_and_explained(world: World) -> None:
+    await world.start(poll_deadline_seconds=60)
+    fi, job_id, operation = await _down_for_two_hours_mid_poll(world, "a lost letter")
+    world.gw.forget(operation)
+
+    await world.start(poll_deadline_seconds=60)
+    message = await world.finished(fi)
+    assert "no longer knows this request" in status_line(message)
+    assert await world.ledger_of(job_id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.RELEASE: ASYNC_PRICE}
