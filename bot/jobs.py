@@ -181,7 +181,13 @@ class JobService:
         return record
 
     async def cancel(self, job_id: str, user_id: int, *, is_admin: bool = False) -> JobRecord:
-        """Cancel a queued or running job and release its hold. Only its owner or an admin may."""
+        """Cancel a queued or running job and release its hold. Only its owner or an admin may.
+
+        A queued job is settled only while it is still queued (compare-and-set): the dispatcher may claim
+        it meanwhile. A job running here is interrupted; one claimed but not running here (another
+        process, or a claim whose task is about to start) gets `cancel_requested`, which its owner reads
+        on its next step (before submitting, after each poll, before posting).
+        """
         job = await self._store.get_job(job_id)
         if job is None:
             raise JobNotFoundError()
@@ -190,21 +196,40 @@ class JobService:
         if job.is_terminal or job.status == JobStatus.DELIVERING:
             return job  # finished, or its images are being posted: too late to cancel
         task = self._tasks.get(job_id)
+        if task is None and job.status == JobStatus.QUEUED:
+            cancelled = JobCancelledError()
+            if await self._settle_failure(job, cancelled, status=JobStatus.CANCELLED, expect=JobStatus.QUEUED):
+                self._wake.set()
+                return await self._final(job_id)
+            task = self._tasks.get(job_id)  # claimed meanwhile
         if task is not None and job_id in self._delivering:
-            return job  # it started posting since we read it
+            return await self._final(job_id)  # it started posting since we read it
         if task is not None:
             self._cancelled_by_member.add(job_id)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
+            self._cancelled_by_member.discard(job_id)
+            final = await self._final(job_id)
+            if not final.is_terminal and not self._stopping:
+                # Cancelled before its first step, so its own handler never ran: settle it here.
+                await self._settle_failure(final, JobCancelledError(), status=JobStatus.CANCELLED)
         else:
-            # Queued (or running in another process, which sees the flag on its next step).
             await self._store.update_job(job_id, cancel_requested=True)
-            await self._settle_failure(job, JobCancelledError(), status=JobStatus.CANCELLED)
+        self._wake.set()
+        return await self._final(job_id)
+
+    async def _final(self, job_id: str) -> JobRecord:
         final = await self._store.get_job(job_id)
         assert final is not None
-        self._wake.set()
         return final
+
+    async def _check_not_cancelled(self, job_id: str, *expect: JobStatus) -> JobRecord:
+        """The job's row, re-read before its next step; `JobCancelledError` if a cancel got there first."""
+        current = await self._store.get_job(job_id)
+        if current is None or current.cancel_requested or (expect and current.status not in expect):
+            raise JobCancelledError()
+        return current
 
     # --- dispatch ----------------------------------------------------------------------------------------
 
@@ -293,6 +318,10 @@ class JobService:
                 await self._settle_failure(job, JobCancelledError(), status=JobStatus.CANCELLED)
                 return
             raise  # shutdown: the job stays as stored and is resumed on the next start
+        except JobCancelledError as error:
+            await reporter.close()
+            log.info("job cancelled id=%s (seen on its next step)", job.id)
+            await self._settle_failure(job, error, status=JobStatus.CANCELLED)
         except BotError as error:
             await reporter.close()
             log.info("job failed id=%s model=%s error=%s", job.id, job.model, type(error).__name__)
@@ -307,6 +336,8 @@ class JobService:
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
+            # A cancel may have landed between the claim and now: never reach the gateway for it.
+            await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
             # A sync model generates while the POST is open (15-30 s for some): show the clock running.
             reporter.update("generating" if job.mode == "sync" else "submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
@@ -328,8 +359,12 @@ class JobService:
         submitted_at = job.submitted_at or self._clock()
         reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
+
+        async def after_poll(_: float) -> None:
+            await self._check_not_cancelled(job.id)  # a cancel from another process
+
         result = await self._gateway.wait_for_result(
-            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at)
+            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at), on_poll=after_poll
         )
         # The gateway's estimate excludes our own detection lag, which would teach the schedule to poll late.
         duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
@@ -343,6 +378,7 @@ class JobService:
     async def _deliver(self, job: JobRecord, images: list[ImageData]) -> None:
         presenter = self._require_presenter()
         images = images[: job.count]  # never charge for more than was asked
+        await self._check_not_cancelled(job.id)
         self._delivering.add(job.id)
         delivering = await self._store.update_job(
             job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
@@ -364,19 +400,30 @@ class JobService:
         if settled is not None:
             log.info("job delivered id=%s model=%s images=%s charged=%s", job.id, job.model, delivered, settled.charged)
 
-    async def _settle_failure(self, job: JobRecord, error: BotError, *, status: JobStatus = JobStatus.FAILED) -> None:
+    async def _settle_failure(
+        self,
+        job: JobRecord,
+        error: BotError,
+        *,
+        status: JobStatus = JobStatus.FAILED,
+        expect: JobStatus | None = None,
+    ) -> bool:
+        """Release the job's hold and tell the member; False when it was settled elsewhere (or, with
+        `expect`, was no longer in that status), in which case nothing happened."""
+        settled = await self._ledger.settle(
+            job.id, status, error_key=error.message_key, error_detail=(error.detail or None), expect=expect
+        )
+        if settled is None:
+            return False  # already settled elsewhere (the member has been told), or claimed meanwhile
+        # Only now: a job claimed meanwhile keeps its reporter.
         reporter = self._reporters.pop(job.id, None)
         if reporter is not None:
             await reporter.close()  # no late "Queued" edit may land on top of the failure
-        settled = await self._ledger.settle(
-            job.id, status, error_key=error.message_key, error_detail=(error.detail or None)
-        )
-        if settled is None:
-            return  # already settled elsewhere: the member has been told
         try:
             await self._require_presenter().show_failure(settled, error)
         except Exception:
             log.warning("could not tell the member that job %s failed", job.id, exc_info=True)
+        return True
 
     # --- recovery ----------------------------------------------------------------------------------------
 

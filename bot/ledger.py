@@ -206,14 +206,17 @@ class Ledger:
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
     ) -> JobRecord | None:
-        """Finish a job and settle its hold; None when it was already finished (nothing moves twice)."""
+        """Finish a job and settle its hold; None when it was already finished (nothing moves twice), or
+        when `expect` is given and the job is no longer in that status."""
         return await self._store.finish_job(
             job_id,
             status,
             delivered_count=delivered_count,
             error_key=error_key,
             error_detail=error_detail,
+            expect=expect,
             now=self._clock(),
         )
 

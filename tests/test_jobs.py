@@ -445,3 +445,50 @@ async def test_an_idle_bot_still_releases_a_hold_whose_acknowledgement_failed(
     orphan = await core.services.jobs.submit(make_job(guild_id=GUILD, price=39), [])
     await settled(orphan.id)
     assert await entries(core.store, orphan.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+async def test_a_cancel_racing_the_dispatchers_claim_never_reaches_the_gateway(
+    start_core: Callable[..., Any], gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = await start_core()
+    job = new_job()
+    claimed, release = asyncio.Event(), asyncio.Event()
+    original = core.store.update_job
+
+    async def paused_claim(job_id: str, **fields: Any) -> Any:
+        result = await original(job_id, **fields)
+        if job_id == job.id and fields.get("status") == JobStatus.SUBMITTING:
+            claimed.set()  # the claim is committed; its task is not spawned yet
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(core.store, "update_job", paused_claim)
+    await core.services.jobs.submit(job, [])
+    await asyncio.wait_for(claimed.wait(), 10)
+    await core.services.jobs.cancel(job.id, 100)  # read the row as claimed; no task here yet
+    release.set()
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    assert gateway.posts == [], "a cancelled job never reaches the gateway"
+    final = await core.store.get_job(job.id)
+    assert final is not None and final.status == JobStatus.CANCELLED
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+    assert len(core.presenter.of("failure", job.id)) == 1, "told once"
+
+
+async def test_a_cancel_from_another_process_is_seen_by_the_running_job_on_its_next_poll(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    # Another bot process on the same database: it does not run the job, so it can only flag it.
+    other = Services.build(core.settings, core.session, core.store).jobs
+    flagged = await other.cancel(job.id, 100)
+    assert flagged.cancel_requested and not flagged.is_terminal
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    final = await core.store.get_job(job.id)
+    assert final is not None and final.status == JobStatus.CANCELLED
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}

@@ -207,6 +207,18 @@ async def test_update_job_compare_and_set(store: SqliteStore) -> None:
     assert await store.update_job("missing", operation_id="x") is None
 
 
+async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    await store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING)
+    assert await store.finish_job("j1", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW) is None
+    job = await store.get_job("j1")
+    assert job is not None and job.status == JobStatus.SUBMITTING, "claimed: not settled by the cancel"
+    assert (await store.member_totals(G, U, 0)).held == job.hold_amount
+    await store.create_job_with_hold(new_job("j2"), UNLIMITED, now=NOW)
+    cancelled = await store.finish_job("j2", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+
+
 async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     results = await asyncio.gather(

@@ -80,13 +80,15 @@ class Store(ABC):
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
         now: float,
     ) -> JobRecord | None:
         """Move a job to a terminal status and settle its hold, exactly once, in one transaction.
 
         DELIVERED captures `delivered_count × price` and releases the rest; FAILED and CANCELLED release
         it all. Returns the updated record, or None when the job was already terminal (a second call is
-        a no-op: nothing is captured or released twice).
+        a no-op: nothing is captured or released twice) or, with `expect`, not in that status: the
+        compare-and-set of a cancel that must not settle a job the dispatcher has just claimed.
         """
 
     @abstractmethod

@@ -153,7 +153,7 @@ UPDATE jobs SET
     error_key = :error_key,
     error_detail = :error_detail,
     finished_at = :now
-WHERE id = :id AND status IN {_ACTIVE_SQL}
+WHERE id = :id AND status IN {_ACTIVE_SQL} AND (:expect IS NULL OR status = :expect)
 RETURNING *
 """
 _MEMBER_TOTALS = f"""
@@ -579,7 +579,7 @@ class SqliteStore(Store):
             marks = ", ".join("?" * len(finish_ids))
             calls.append(
                 db.execute_fetchall(
-                    f"SELECT id FROM jobs WHERE id IN ({marks}) AND status IN {_ACTIVE_SQL}", finish_ids
+                    f"SELECT id, status FROM jobs WHERE id IN ({marks}) AND status IN {_ACTIVE_SQL}", finish_ids
                 )
             )
             calls.append(db.executemany(_FINISH_JOB, [op.values for op in finishes]))
@@ -598,12 +598,13 @@ class SqliteStore(Store):
 
         outcome: dict[int, Any] = {}
         if finishes:
-            was_active = {row[0] for row in results[0]}
+            was_active = {row[0]: row[1] for row in results[0]}
             finished = {row["id"]: row for row in results[2]}
             for op in finishes:
                 job_id = op.values["id"]
-                if job_id in was_active:
-                    was_active.discard(job_id)  # a second settlement in the same batch is a no-op
+                expected = op.values["expect"]
+                if job_id in was_active and expected in (None, was_active[job_id]):
+                    del was_active[job_id]  # a second settlement in the same batch is a no-op
                     outcome[id(op)] = _job_from_row(finished[job_id])
                 else:
                     outcome[id(op)] = None
@@ -687,6 +688,7 @@ class SqliteStore(Store):
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
         now: float,
     ) -> JobRecord | None:
         status = JobStatus(status)
@@ -700,6 +702,7 @@ class SqliteStore(Store):
             "delivered": delivered_count if status is JobStatus.DELIVERED else 0,
             "error_key": error_key,
             "error_detail": error_detail,
+            "expect": None if expect is None else JobStatus(expect).value,
             "now": now,
         }
 

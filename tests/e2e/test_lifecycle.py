@@ -4,8 +4,6 @@ fake Discord, fake gateway."""
 
 from __future__ import annotations
 
-import asyncio
-
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, status_line
 from tests.fakes.fake_discord import FakeInteraction
