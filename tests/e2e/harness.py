@@ -165,3 +165,8 @@ def status_line(message: FakeMessage | MessageRevision) -> str:
             if item.get("name") == "Status":
                 return str(item.get("value", ""))
     return ""
+
+
+def button(message: object, action: str) -> str:
+    """The custom_id of a job button ("cancel", "reroll", "delete") on a message."""
+    return next(cid for cid in message.custom_ids if cid.startswith(f"imagine:{action}:"))  # type: ignore[attr-defined]

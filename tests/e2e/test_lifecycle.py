@@ -5,8 +5,8 @@ fake Discord, fake gateway."""
 from __future__ import annotations
 
 from bot.store.records import EntryKind, JobStatus
-from tests.e2e.harness import WAIT, World, status_line
-from tests.fakes.fake_discord import FakeInteraction
+from tests.e2e.harness import WAIT, World, button, status_line
+from tests.fakes.fake_discord import CallbackType, FakeInteraction
 
 ASYNC_MODEL, ASYNC_PRICE = "xai/grok-imagine-image", 20
 SYNC_MODEL, SYNC_PRICE = "gemini-2.5-flash-image", 39
@@ -70,3 +70,19 @@ async def test_a_job_the_gateway_forgot_during_a_downtime_is_refunded_and_explai
     message = await world.finished(fi)
     assert "no longer knows this request" in status_line(message)
     assert await world.ledger_of(job_id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.RELEASE: ASYNC_PRICE}
+
+
+async def test_cancel_is_acknowledged_while_discord_holds_the_replys_edits(running: World) -> None:
+    running.gw.configure(ASYNC_MODEL, completion_delay=3600)
+    fi = await running.imagine("a slow river", model=ASYNC_MODEL)
+    message = await fi.wait_for_message_state(lambda m: status_line(m).startswith("Generating"), WAIT)
+    job = await running.job_of(fi)
+    # Discord stops answering edits of the reply (its rate-limit bucket is empty for a long while).
+    edits = running.fd.hold_requests(lambda r: r.method == "PATCH" and "/messages/" in r.path)
+    click = await running.fd.click_button(message, button(message, "cancel"), user=running.fd.alice)
+    ack = await click.wait_for_callback(WAIT)
+    assert ack.type == CallbackType.DEFERRED_UPDATE_MESSAGE, "answered while the edits still wait"
+    assert not edits.released.is_set()
+    edits.release()
+    assert status_line(await running.finished(fi)).startswith("Cancelled")
+    assert await running.ledger_of(job.id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.RELEASE: ASYNC_PRICE}

@@ -14,17 +14,12 @@ from PIL import Image
 
 from bot.catalog import Catalog
 from bot.store.records import EntryKind, JobStatus
-from tests.e2e.harness import WAIT, World, status_line
+from tests.e2e.harness import WAIT, World, button, status_line
 from tests.fakes.fake_discord import CallbackType, FakeDiscord, FakeInteraction, Perm
 from tests.fakes.fake_gateway import FakeGateway, Reply
 
 ASYNC_MODEL, ASYNC_PRICE = "xai/grok-imagine-image", 20
 SYNC_MODEL, SYNC_PRICE = "gemini-2.5-flash-image", 39
-
-
-def button(message: object, action: str) -> str:
-    """The custom_id of a job button ("cancel", "reroll", "delete") on a message."""
-    return next(cid for cid in message.custom_ids if cid.startswith(f"imagine:{action}:"))  # type: ignore[attr-defined]
 
 
 async def test_restart_mid_poll_delivers_once_and_charges_once(world: World) -> None:
