@@ -77,7 +77,11 @@ class BlockedPromptError(RequestError):
 
 
 class TooManyJobsError(RequestError):
-    message_key = "error.too_many_jobs"  # params: limit
+    message_key = "error.too_many_jobs"  # params: limit (MAX_QUEUED_PER_MEMBER)
+
+
+class ServerQueueFullError(RequestError):
+    message_key = "error.server_queue_full"  # params: limit (MAX_QUEUED_PER_GUILD)
 
 
 class InvalidValueError(RequestError):

@@ -29,7 +29,12 @@ EN: dict[str, str] = {
         "This server has reached its image budget for now ({remaining} credits left, {needed} needed)."
     ),
     "error.blocked_prompt": "Your prompt contains words this server does not allow. Nothing was charged.",
-    "error.too_many_jobs": "You already have {limit} images waiting. Wait for one to finish.",
+    "error.too_many_jobs": (
+        "You already have {limit} requests queued or running. Wait for one to finish; nothing was charged."
+    ),
+    "error.server_queue_full": (
+        "This server already has {limit} requests queued or running. Try again in a few minutes; nothing was charged."
+    ),
     "error.invalid_value": "`{value}` is not a valid {option}: use {allowed}.",
     "error.invalid_amount": "`{value}` is not a valid amount: use a whole number from 0 to {limit}.",
     "error.not_a_member": "That user is not a member of this server.",

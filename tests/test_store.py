@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import BudgetExhaustedError, InsufficientCreditsError, ServerQueueFullError, TooManyJobsError
 from bot.store import Store, open_store
-from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
+from bot.store.records import (
+    Allowance,
+    EntryKind,
+    GuildPolicy,
+    HoldLimits,
+    JobRecord,
+    JobStatus,
+    MemberTotals,
+    NewJob,
+)
 from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
 from tests.factories import make_job
 
@@ -217,6 +226,22 @@ async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: Sqlite
     await store.create_job_with_hold(new_job("j2"), UNLIMITED, now=NOW)
     cancelled = await store.finish_job("j2", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW)
     assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+
+
+async def test_queue_limits_hold_under_a_burst(store: SqliteStore) -> None:
+    limits = HoldLimits(allowance=None, period_start=0.0, max_member_jobs=2, max_guild_jobs=3)
+    burst = [new_job(f"m{i}", user_id=U) for i in range(5)] + [new_job(f"o{i}", user_id=U + 1 + i) for i in range(5)]
+    results = await asyncio.gather(
+        *(store.create_job_with_hold(job, limits, now=NOW) for job in burst), return_exceptions=True
+    )
+    held = [r for r in results if isinstance(r, JobRecord)]
+    assert len(held) == 3, "the server's limit"
+    assert sum(1 for r in held if r.user_id == U) <= 2, "the member's limit"
+    refusals = [r for r in results if not isinstance(r, JobRecord)]
+    assert all(isinstance(r, (TooManyJobsError, ServerQueueFullError)) for r in refusals), refusals
+    assert len(await store.active_jobs()) == 3, "a refused request writes nothing"
+    await store.finish_job(held[0].id, JobStatus.CANCELLED, now=NOW)  # a finished job frees its place
+    assert await store.create_job_with_hold(new_job("late", user_id=U + 9), limits, now=NOW)
 
 
 async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:

@@ -66,9 +66,11 @@ class Store(ABC):
         In one transaction: the member's available credits (limits.allowance + granted − captured since
         limits.period_start − all active holds) must cover the hold, unless the allowance is unlimited;
         and the server's spend (captured since limits.budget_period_start + active holds) plus the hold
-        must stay within limits.budget, when there is one. Raises `InsufficientCreditsError(needed,
-        available)` or `BudgetExhaustedError(needed, remaining)` and writes nothing when either fails.
-        Concurrent calls can never overspend.
+        must stay within limits.budget, when there is one; and the member's and the server's jobs
+        queued or running (their held holds) must stay under limits.max_member_jobs and
+        limits.max_guild_jobs. Raises `TooManyJobsError(limit)`, `ServerQueueFullError(limit)`,
+        `InsufficientCreditsError(needed, available)` or `BudgetExhaustedError(needed, remaining)` and
+        writes nothing when any fails. Concurrent calls can never overspend nor overfill the queue.
         """
 
     @abstractmethod

@@ -43,7 +43,7 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import BudgetExhaustedError, InsufficientCreditsError, ServerQueueFullError, TooManyJobsError
 from bot.store.base import Store
 from bot.store.records import (
     ACTIVE_STATUSES,
@@ -136,10 +136,16 @@ SELECT :id, :guild_id, :user_id, :model, :amount, :now
 """
 _MEMBER_GUARD = f"({_MEMBER_AVAILABLE}) >= :amount"
 _BUDGET_GUARD = f"({_SERVER_SPEND}) + :amount <= :budget"
+# Jobs queued or running: exactly the holds still held (every job has one, free jobs too). Counted in the
+# guarded insert itself, so a burst of requests cannot all see room for one more.
+_MEMBER_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')"
+_GUILD_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND state = 'held')"
+_QUEUE_GUARD = f"{_MEMBER_JOBS} < :max_member_jobs AND {_GUILD_JOBS} < :max_guild_jobs"
 
 # What a refused member is told, read in the refused transaction itself (no row when the hold went in).
 _LIMIT_FIGURES = f"""
-SELECT {_MEMBER_AVAILABLE} AS available, {_SERVER_SPEND} AS spent
+SELECT {_MEMBER_AVAILABLE} AS available, {_SERVER_SPEND} AS spent, {_MEMBER_JOBS} AS member_jobs,
+       {_GUILD_JOBS} AS guild_jobs
 WHERE NOT EXISTS (SELECT 1 FROM holds WHERE job_id = :id)
 """
 
@@ -347,7 +353,12 @@ class _Op:
         amount = self.values["amount"]
         if figures is None:
             return RuntimeError(f"hold for job {self.values['id']}: no figures for a refused hold")
-        available, spent = figures
+        available, spent, member_jobs, guild_jobs = figures
+        limits = self.limits
+        if limits is not None and limits.max_member_jobs is not None and member_jobs >= limits.max_member_jobs:
+            return TooManyJobsError(limit=limits.max_member_jobs)
+        if limits is not None and limits.max_guild_jobs is not None and guild_jobs >= limits.max_guild_jobs:
+            return ServerQueueFullError(limit=limits.max_guild_jobs)
         if self.check_member and available < amount:
             return InsufficientCreditsError(needed=amount, available=max(available, 0))
         budget = self.limits.budget if self.limits is not None else None
@@ -649,7 +660,12 @@ class SqliteStore(Store):
         # without a budget never pays for summing its spend.
         check_member = limits.allowance is not None and amount > 0
         check_budget = limits.budget is not None and amount > 0
-        guards = [g for g, on in ((_MEMBER_GUARD, check_member), (_BUDGET_GUARD, check_budget)) if on]
+        check_queue = limits.max_member_jobs is not None or limits.max_guild_jobs is not None
+        guards = [
+            g
+            for g, on in ((_QUEUE_GUARD, check_queue), (_MEMBER_GUARD, check_member), (_BUDGET_GUARD, check_budget))
+            if on
+        ]
         hold_sql = _INSERT_HOLD + ("WHERE " + " AND ".join(guards) if guards else "")
         params_json = _dump(job.params)
         options_json = _dump(job.options)
@@ -665,6 +681,9 @@ class SqliteStore(Store):
             budget=limits.budget,
             budget_start=limits.budget_period_start,
             budget_bucket=_bucket_after(limits.budget_period_start),
+            # SQLite integers are 64-bit: "no limit" is a count no server reaches.
+            max_member_jobs=limits.max_member_jobs if limits.max_member_jobs is not None else 2**62,
+            max_guild_jobs=limits.max_guild_jobs if limits.max_guild_jobs is not None else 2**62,
         )
 
         return await self._submit(

@@ -4,6 +4,8 @@ fake Discord, fake gateway."""
 
 from __future__ import annotations
 
+import asyncio
+
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
 from tests.fakes.fake_discord import CallbackType, FakeInteraction
@@ -86,3 +88,18 @@ async def test_cancel_is_acknowledged_while_discord_holds_the_replys_edits(runni
     edits.release()
     assert status_line(await running.finished(fi)).startswith("Cancelled")
     assert await running.ledger_of(job.id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.RELEASE: ASYNC_PRICE}
+
+
+async def test_a_burst_of_requests_queues_at_most_max_queued_per_member(running: World) -> None:
+    running.gw.configure(ASYNC_MODEL, completion_delay=3600)
+    # 25 × 20 credits is exactly the default allowance: only the queue limit (default 10) can refuse.
+    burst = await asyncio.gather(*(running.imagine(f"fox {i}", model=ASYNC_MODEL) for i in range(25)))
+    answers = await asyncio.gather(*(fi.wait_for_callback(WAIT) for fi in burst))
+    accepted = [a for a in answers if a.type == CallbackType.DEFERRED_CHANNEL_MESSAGE]
+    refused = [a for a in answers if a.type == CallbackType.CHANNEL_MESSAGE]
+    assert len(accepted) == 10 and len(refused) == 15
+    assert all(a.ephemeral and "already have 10 requests queued or running" in a.data["content"] for a in refused)
+    active = await running.store.active_jobs()
+    assert len(active) == 10, "running jobs count towards the limit too"
+    balance = await running.bot.services.ledger.balance(running.fd.guild.id, running.fd.alice.id, [])  # type: ignore[union-attr]
+    assert balance.held == 10 * ASYNC_PRICE, "nothing held for a refused request"
