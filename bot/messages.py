@@ -120,6 +120,7 @@ EN: dict[str, str] = {
         "You will have {after} credits left. Go ahead?"
     ),
     "quote.confirmed": "Confirmed.",
+    "quote.already_confirmed": "This quote is already confirmed: your images are on their way.",
     "quote.cancelled": "Cancelled. Nothing was charged.",
     "quote.expired": "This quote expired. Run `/imagine` again.",
     # Admin

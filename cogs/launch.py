@@ -40,6 +40,7 @@ class ImagineRequest:
     model: str | None
     count: int = 1
     options: dict[str, str | None] = field(default_factory=dict)
+    job_id: str | None = None  # minted with a price quote, so that its confirmation is idempotent
 
 
 def role_ids(member: discord.abc.User) -> list[int]:
@@ -88,7 +89,7 @@ async def launch_job(
         after = (
             text("credits.unlimited", locale) if balance.available is None else balance.available - prepared.total_price
         )
-        resolved = ImagineRequest(prompt, spec.name, request.count, dict(prepared.options))
+        resolved = ImagineRequest(prompt, spec.name, request.count, dict(prepared.options), request.job_id)
         view = QuoteView(resolved, owner_id=interaction.user.id, locale=locale)
         view.origin = interaction
         await interaction.response.send_message(
@@ -110,7 +111,7 @@ async def launch_job(
     # Hold first, so that a refusal (credits, budget) is our first answer and ephemeral; the hold is one
     # short transaction, far inside Discord's 3 seconds.
     job = NewJob(
-        id=uuid.uuid4().hex,
+        id=request.job_id or uuid.uuid4().hex,
         guild_id=guild_id,
         channel_id=interaction.channel_id,
         user_id=interaction.user.id,

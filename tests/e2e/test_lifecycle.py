@@ -103,3 +103,25 @@ async def test_a_burst_of_requests_queues_at_most_max_queued_per_member(running:
     assert len(active) == 10, "running jobs count towards the limit too"
     balance = await running.bot.services.ledger.balance(running.fd.guild.id, running.fd.alice.id, [])  # type: ignore[union-attr]
     assert balance.held == 10 * ASYNC_PRICE, "nothing held for a refused request"
+
+
+async def test_two_confirm_clicks_arriving_together_hold_and_generate_once(world: World) -> None:
+    await world.start(quote_threshold=50)
+    world.gw.configure(SYNC_MODEL, sync_delay=0.5)
+    fi = await world.imagine("two foxes", model=SYNC_MODEL, count=2)
+    quote = await fi.wait_for_callback(WAIT)
+    confirm_id = quote.data["components"][0]["components"][0]["custom_id"]
+    clicks = await asyncio.gather(
+        *(world.fd.click_button(fi.message, confirm_id, user=world.fd.alice) for _ in range(2))
+    )
+    answers = await asyncio.gather(*(click.wait_for_callback(WAIT) for click in clicks))
+    second = [a for a in answers if a.type == CallbackType.CHANNEL_MESSAGE]
+    assert len(second) == 1 and second[0].ephemeral and "already confirmed" in second[0].data["content"]
+    (first,) = [c for c, a in zip(clicks, answers, strict=True) if a.type == CallbackType.UPDATE_MESSAGE]
+    reply = await first.wait_for_followup(lambda m: not m.ephemeral, WAIT)
+    await world.fd.wait_for(lambda: len(reply.attachments) == 2, WAIT, what="images delivered")
+    (job,) = await world.store.recent_jobs(world.fd.guild.id, world.fd.alice.id, 5)
+    assert world.bot is not None
+    await asyncio.wait_for(world.bot.services.jobs.join(job.id), WAIT)
+    assert len(world.gw.posts) == 1, "generated once"
+    assert await world.ledger_of(job.id) == {EntryKind.HOLD: 78, EntryKind.CAPTURE: 78}
