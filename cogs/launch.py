@@ -85,7 +85,8 @@ async def launch_job(
 
         balance = await services.ledger.balance(guild_id, interaction.user.id, roles)
         if balance.available is not None and balance.available < prepared.total_price:
-            raise InsufficientCreditsError(needed=prepared.total_price, available=balance.available)
+            # An overdrawn member (deducted below zero) has 0 available, as the hold's own refusal says.
+            raise InsufficientCreditsError(needed=prepared.total_price, available=max(balance.available, 0))
         after = (
             text("credits.unlimited", locale) if balance.available is None else balance.available - prepared.total_price
         )

@@ -125,3 +125,15 @@ async def test_two_confirm_clicks_arriving_together_hold_and_generate_once(world
     await asyncio.wait_for(world.bot.services.jobs.join(job.id), WAIT)
     assert len(world.gw.posts) == 1, "generated once"
     assert await world.ledger_of(job.id) == {EntryKind.HOLD: 78, EntryKind.CAPTURE: 78}
+
+
+async def test_the_quote_refusal_never_shows_a_negative_balance(world: World) -> None:
+    await world.start(quote_threshold=50)
+    deduct = {"member": world.fd.alice, "amount": 600, "reason": "chargeback"}
+    await world.command("quota deduct", deduct, user=world.fd.admin)  # 500 − 600: overdrawn
+    quoted = await world.imagine("two foxes", model=SYNC_MODEL, count=2)  # 78: above the threshold
+    held = await world.imagine("one fox", model=SYNC_MODEL)  # 39: straight to the hold
+    for fi, needed in ((quoted, 78), (held, 39)):
+        refusal = await fi.wait_for_callback(WAIT)
+        assert refusal.ephemeral and refusal.data["content"] == f"This needs {needed} credits and you have 0 available."
+    assert world.gw.posts == [] and await world.store.active_jobs() == []
