@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from collections.abc import AsyncIterator
@@ -121,3 +122,19 @@ async def test_the_default_model_cannot_be_disabled(policy: PolicyService) -> No
         await policy.set_model_allowed(GUILD, ADMIN, "stability-ai/sdxl", False)
     disabled = await policy.set_model_allowed(GUILD, ADMIN, "gemini-2.5-flash-image", False)
     assert not disabled.is_model_allowed("gemini-2.5-flash-image")
+
+
+async def test_two_admins_at_once_never_leave_the_default_model_disabled(
+    policy: PolicyService, store: SqliteStore
+) -> None:
+    # One admin makes gpt-image-1 the default while another disables it: one of them must be refused.
+    results = await asyncio.gather(
+        policy.set_default_model(GUILD, ADMIN, "gpt-image-1"),
+        policy.set_model_allowed(GUILD, ADMIN + 1, "gpt-image-1", False),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, (ModelDisabledError, DefaultModelDisabledError))]
+    assert len(refused) == 1, results
+    final = await store.get_policy(GUILD)
+    default = final.default_model or "gemini-2.5-flash-image"
+    assert final.is_model_allowed(default), f"{default} is the default and disabled"

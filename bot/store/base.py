@@ -175,13 +175,27 @@ class Store(ABC):
 
         `changes` are GuildPolicy field names (timezone, default_allowance, budget, default_model,
         quote_threshold, models_allowed_by_default); `model_rules` changes go through `set_model_rule`.
+        A new `default_model` must be allowed on the server, checked in the same transaction (else
+        `ModelDisabledError`, nothing written), so that a concurrent `set_model_rule` cannot leave the
+        default disabled.
         """
 
     @abstractmethod
     async def set_model_rule(
-        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+        self,
+        guild_id: int,
+        model: str,
+        allowed: bool | None,
+        *,
+        actor_id: int,
+        now: float,
+        fallback_default: str | None = None,
     ) -> GuildPolicy:
-        """Allow or deny one model on a server (None removes the rule), audited."""
+        """Allow or deny one model on a server (None removes the rule), audited.
+
+        A model that the server's default model (or `fallback_default` when it has none) names cannot be
+        denied: `DefaultModelDisabledError`, nothing written, checked in the same transaction as the write.
+        """
 
     @abstractmethod
     async def role_allowances(self, guild_id: int) -> dict[int, Allowance]:

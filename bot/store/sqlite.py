@@ -43,7 +43,14 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError, ServerQueueFullError, TooManyJobsError
+from bot.errors import (
+    BudgetExhaustedError,
+    DefaultModelDisabledError,
+    InsufficientCreditsError,
+    ModelDisabledError,
+    ServerQueueFullError,
+    TooManyJobsError,
+)
 from bot.store.base import Store
 from bot.store.records import (
     ACTIVE_STATUSES,
@@ -952,6 +959,10 @@ class SqliteStore(Store):
         )
 
         async def body(db: aiosqlite.Connection) -> GuildPolicy:
+            if "default_model" in changes and changes["default_model"] is not None:
+                current = await self._policy_in(db, guild_id)
+                if not current.is_model_allowed(changes["default_model"]):
+                    raise ModelDisabledError(model=changes["default_model"])
             _, _, rows = await self._pipeline(
                 db.execute(upsert, (guild_id, *columns.values())),
                 self._audit(db, guild_id, actor_id, "policy.update", detail, now),
@@ -961,8 +972,20 @@ class SqliteStore(Store):
 
         return await self._write(body)
 
+    async def _policy_in(self, db: aiosqlite.Connection, guild_id: int) -> GuildPolicy:
+        """The policy as the write transaction on `db` sees it (for checks that must not race)."""
+        rows = await db.execute_fetchall(_GET_POLICY, {"guild_id": guild_id})
+        return _policy_from_row(guild_id, next(iter(rows)))
+
     async def set_model_rule(
-        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+        self,
+        guild_id: int,
+        model: str,
+        allowed: bool | None,
+        *,
+        actor_id: int,
+        now: float,
+        fallback_default: str | None = None,
     ) -> GuildPolicy:
         if allowed is None:
             db_sql = "DELETE FROM model_rules WHERE guild_id = ? AND model = ?"
@@ -976,6 +999,10 @@ class SqliteStore(Store):
         detail = {"model": model, "allowed": allowed}
 
         async def body(db: aiosqlite.Connection) -> GuildPolicy:
+            if allowed is False:
+                current = await self._policy_in(db, guild_id)
+                if model == (current.default_model or fallback_default):
+                    raise DefaultModelDisabledError(model=model)
             _, _, rows = await self._pipeline(
                 db.execute(db_sql, args),
                 self._audit(db, guild_id, actor_id, "policy.model_rule", detail, now),
