@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.errors import (
@@ -420,7 +420,9 @@ class JobService:
         if reporter is not None:
             await reporter.close()  # no late "Queued" edit may land on top of the failure
         try:
-            await self._require_presenter().show_failure(settled, error)
+            # The stored token is cleared at settlement; the failure edit may still use it once.
+            shown = replace(settled, interaction_token=job.interaction_token)
+            await self._require_presenter().show_failure(shown, error)
         except Exception:
             log.warning("could not tell the member that job %s failed", job.id, exc_info=True)
         return True

@@ -165,6 +165,7 @@ UPDATE jobs SET
     charged = CASE WHEN :status = 'delivered' THEN min(:delivered, count) * price ELSE 0 END,
     error_key = :error_key,
     error_detail = :error_detail,
+    interaction_token = NULL,  -- a secret no longer needed once the job ended
     finished_at = :now
 WHERE id = :id AND status IN {_ACTIVE_SQL} AND (:expect IS NULL OR status = :expect)
 RETURNING *

@@ -9,6 +9,7 @@ import asyncio
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
 from tests.fakes.fake_discord import CallbackType, FakeInteraction
+from tests.fakes.fake_gateway import Reply
 
 ASYNC_MODEL, ASYNC_PRICE = "xai/grok-imagine-image", 20
 SYNC_MODEL, SYNC_PRICE = "gemini-2.5-flash-image", 39
@@ -137,3 +138,20 @@ async def test_the_quote_refusal_never_shows_a_negative_balance(world: World) ->
         refusal = await fi.wait_for_callback(WAIT)
         assert refusal.ephemeral and refusal.data["content"] == f"This needs {needed} credits and you have 0 available."
     assert world.gw.posts == [] and await world.store.active_jobs() == []
+
+
+async def test_a_finished_job_keeps_no_interaction_token(running: World) -> None:
+    delivered_fi = await running.imagine("a kept secret", model=SYNC_MODEL)
+    await running.finished(delivered_fi)
+    running.gw.enqueue(Reply.error(500, "boom"), method="POST")
+    failed_fi = await running.imagine("a failed secret", model=SYNC_MODEL)
+    failed = await running.finished(failed_fi)
+    assert status_line(failed).startswith("Failed")
+    assert failed_fi.message is not None
+    by_channel = [r for r in running.fd.requests if r.method == "PATCH" and r.path.startswith("/channels/")]
+    assert not any(r.path.endswith(f"/{failed_fi.message.id}") for r in by_channel), (
+        "the failure edit still went through the interaction webhook"
+    )
+    for fi in (delivered_fi, failed_fi):
+        job = await running.job_of(fi)
+        assert job.is_terminal and job.interaction_token is None
