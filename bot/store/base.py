@@ -88,9 +88,10 @@ class Store(ABC):
         """Move a job to a terminal status and settle its hold, exactly once, in one transaction.
 
         DELIVERED captures `delivered_count × price` and releases the rest; FAILED and CANCELLED release
-        it all. The interaction token is cleared (a secret kept no longer than the job). Returns the updated record, or None when the job was already terminal (a second call is
-        a no-op: nothing is captured or released twice) or, with `expect`, not in that status: the
-        compare-and-set of a cancel that must not settle a job the dispatcher has just claimed.
+        it all. The interaction token is cleared (a secret kept no longer than the job). Returns the
+        updated record, or None when the job was already terminal (a second call is a no-op: nothing is
+        captured or released twice) or, with `expect`, not in that status: the compare-and-set of a
+        cancel that must not settle a job the dispatcher has just claimed.
         """
 
     @abstractmethod
