@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -47,6 +47,9 @@ class Delivery:
     images: list[ImageData]
     charged: int
     available_after: int | None  # None: the member's allowance is unlimited
+    # Called with the running total after each message is posted: the job row records it, so that a
+    # crash before settling is settled for every image already posted.
+    record_posted: Callable[[int], Awaitable[object]] | None = None
 
 
 class JobPresenter(Protocol):
@@ -57,7 +60,9 @@ class JobPresenter(Protocol):
         """Show the job's current stage (best effort: failures are logged, not raised)."""
 
     async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
-        """Post the images; return how many were posted. Raise `DeliveryError` when none could be."""
+        """Post the images; return how many were posted. Raise `DeliveryError` when none could be.
+
+        After each message is sent, await `delivery.record_posted(total so far)`."""
 
     async def show_failure(self, job: JobRecord, error: BotError) -> None:
         """Tell the member the job failed and that its credits were released."""
@@ -390,8 +395,17 @@ class JobService:
         balance = await self._ledger.balance(job.guild_id, job.user_id, roles)
         # Settling turns this job's hold into `charged` spent and gives the rest back.
         available_after = None if balance.available is None else balance.available + job.hold_amount - charged
+
+        async def record_posted(posted: int) -> None:
+            try:
+                await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], posted_count=posted)
+            except Exception:  # the images are out: a failed note must not turn the delivery into a refund
+                log.warning("job id=%s: could not record %d posted image(s)", job.id, posted, exc_info=True)
+
         try:
-            delivered = await presenter.deliver(delivering, Delivery(images, charged, available_after))
+            delivered = await presenter.deliver(
+                delivering, Delivery(images, charged, available_after, record_posted=record_posted)
+            )
         except DeliveryError as error:
             log.warning("job id=%s could not be delivered (%s); releasing its hold", job.id, error.detail)
             await self._settle_failure(job, error)
@@ -438,7 +452,9 @@ class JobService:
             if job.id in self._tasks:
                 continue
             if job.status == JobStatus.DELIVERING:
-                seen = await presenter.delivered_count(job)
+                # What the row says was posted (follow-ups included), or what the reply shows when the
+                # crash came between posting a message and recording it.
+                seen = max(job.posted_count, await presenter.delivered_count(job) or 0)
                 if seen:
                     await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
                     log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)

@@ -105,6 +105,7 @@ class JobRecord:
     error_key: str | None = None
     error_detail: str | None = None
     delivered_count: int = 0
+    posted_count: int = 0  # images posted so far (written after each message), for recovery
     charged: int = 0
     cancel_requested: bool = False
     created_at: float = 0.0

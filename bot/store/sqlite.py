@@ -94,6 +94,7 @@ _UPDATABLE_JOB_FIELDS = frozenset(
         "error_key",
         "error_detail",
         "cancel_requested",
+        "posted_count",
         "started_at",
         "submitted_at",
         "completed_at",

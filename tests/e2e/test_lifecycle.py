@@ -5,11 +5,18 @@ fake Discord, fake gateway."""
 from __future__ import annotations
 
 import asyncio
+import json
+from pathlib import Path
+from typing import Any
 
+import pytest
+
+from bot.catalog import Catalog
+from bot.ledger import Ledger
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
-from tests.fakes.fake_discord import CallbackType, FakeInteraction
-from tests.fakes.fake_gateway import Reply
+from tests.fakes.fake_discord import CallbackType, FakeDiscord, FakeInteraction
+from tests.fakes.fake_gateway import FakeGateway, Reply
 
 ASYNC_MODEL, ASYNC_PRICE = "xai/grok-imagine-image", 20
 SYNC_MODEL, SYNC_PRICE = "gemini-2.5-flash-image", 39
@@ -155,3 +162,81 @@ async def test_a_finished_job_keeps_no_interaction_token(running: World) -> None
     for fi in (delivered_fi, failed_fi):
         job = await running.job_of(fi)
         assert job.is_terminal and job.interaction_token is None
+
+
+@pytest.fixture
+def crash_before_settling(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """Make the next delivered settlement hang, as if the process died right after posting.
+
+    Returns an event set once a settlement is hanging; the bot's stop then cuts the job off.
+    """
+    hanging = asyncio.Event()
+    original = Ledger.settle
+
+    async def settle(self: Ledger, job_id: str, status: JobStatus, **kwargs: Any) -> Any:
+        if status == JobStatus.DELIVERED and not hanging.is_set():
+            hanging.set()
+            await asyncio.Event().wait()  # never returns: cancelled by the shutdown
+        return await original(self, job_id, status, **kwargs)
+
+    monkeypatch.setattr(Ledger, "settle", settle)
+    return hanging
+
+
+def _burst_catalog(tmp_path: Path) -> Path:
+    catalog_file = tmp_path / "models.json"
+    catalog_file.write_text(
+        json.dumps(
+            {
+                "aspect_ratios": ["1:1"],
+                "models": [{"name": "house-burst", "provider": "Google", "price": 2, "mode": "sync", "max_images": 12}],
+            }
+        )
+    )
+    return catalog_file
+
+
+async def test_a_crash_after_posting_twelve_images_captures_twelve(
+    tmp_path: Path, crash_before_settling: asyncio.Event
+) -> None:
+    catalog_file = _burst_catalog(tmp_path)
+    async with FakeDiscord() as fd, FakeGateway(catalog=Catalog.load(catalog_file)) as gw:
+        world = World(fd=fd, gw=gw, tmp=tmp_path, overrides={"model_catalog_path": str(catalog_file)})
+        try:
+            await world.start(default_model="house-burst")
+            fi = await world.imagine("a flock of birds", model="house-burst", count=12)
+            await asyncio.wait_for(crash_before_settling.wait(), WAIT)
+            job = await world.job_of(fi)
+            await world.stop()  # the process dies between posting 12 images and settling
+
+            await world.start(default_model="house-burst")
+            settled = await world.store.get_job(job.id)
+            assert settled is not None and settled.status == JobStatus.DELIVERED
+            assert settled.delivered_count == 12 and settled.charged == 24
+            assert await world.ledger_of(job.id) == {EntryKind.HOLD: 24, EntryKind.CAPTURE: 24}
+            assert sum(1 for edit in fi.edits if edit.attachments) == 1 and len(fi.followups) == 1, "not reposted"
+        finally:
+            await world.stop()
+
+
+async def test_a_crash_before_recording_what_was_posted_is_settled_from_the_reply(
+    world: World, crash_before_settling: asyncio.Event
+) -> None:
+    # Recovery through the real Discord presenter: the reply's attachments are what the member sees.
+    await world.start()
+    fi = await world.imagine("one kept image", model=SYNC_MODEL)
+    await asyncio.wait_for(crash_before_settling.wait(), WAIT)
+    job = await world.job_of(fi)
+    await world.stop()
+    store = await world.open_store()
+    try:
+        await store.update_job(job.id, posted_count=0)  # died between posting and recording it
+    finally:
+        await store.close()
+
+    await world.start()
+    settled = await world.store.get_job(job.id)
+    assert settled is not None and settled.status == JobStatus.DELIVERED and settled.delivered_count == 1
+    assert await world.ledger_of(job.id) == {EntryKind.HOLD: SYNC_PRICE, EntryKind.CAPTURE: SYNC_PRICE}
+    assert sum(1 for edit in fi.edits if edit.attachments) == 1, "not posted a second time"
+    assert len(world.gw.posts) == 1
