@@ -104,6 +104,10 @@ class ShuttingDownError(RequestError):
     message_key = "error.shutting_down"
 
 
+class NotReadyError(RequestError):
+    message_key = "error.not_ready"  # the job service is not dispatching yet (start-up or its retries)
+
+
 class JobNotFoundError(RequestError):
     message_key = "error.job_not_found"
 

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
 
 
+class RecoveryIncompleteError(RuntimeError):
+    """Some unfinished jobs could not be recovered (each failure is logged); `start()` may be retried."""
+
+
 @dataclass(frozen=True)
 class Delivery:
     """Finished images and what the member will be charged for them."""
@@ -110,9 +114,19 @@ class JobService:
     # --- lifetime ----------------------------------------------------------------------------------------
 
     async def start(self, presenter: JobPresenter) -> None:
-        """Recover unfinished jobs from the store, then start dispatching."""
+        """Recover unfinished jobs from the store, then start dispatching.
+
+        Holds nobody acknowledged are released first, whatever happens next. Each job is recovered on
+        its own: one that fails is logged and the others go on; then `RecoveryIncompleteError` is raised
+        and nothing is dispatched yet, and a later call retries only what is left.
+        """
+        if self._stopping or self._started.is_set():
+            return
         self._presenter = presenter
-        await self._recover()
+        await self._release_unacknowledged()
+        failed = await self._recover()
+        if failed:
+            raise RecoveryIncompleteError(f"{failed} unfinished job(s) could not be recovered yet")
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
         self._wake.set()
         self._started.set()
@@ -146,6 +160,12 @@ class JobService:
     @property
     def accepting(self) -> bool:
         return not self._stopping
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether jobs are being dispatched: recovery done, not shutting down. Before that, the front
+        end must not hold credits for new jobs."""
+        return self._started.is_set() and not self._stopping
 
     async def join(self, job_id: str) -> None:
         """Wait until this process has finished working on `job_id` (settled, or left for recovery)."""
@@ -251,17 +271,22 @@ class JobService:
                 await asyncio.sleep(1.0)
                 self._wake.set()
 
-    async def _dispatch(self) -> None:
-        active = await self._store.active_jobs()
+    async def _release_unacknowledged(self, active: Sequence[JobRecord] | None = None) -> None:
+        """Release holds whose job never got its reply message. Store and ledger only: it works while
+        Discord is unreachable, so a failed start never keeps such credits."""
         # A queued job without its reply yet is still being acknowledged by the front end: not startable.
         # One that stays so (the acknowledgement failed and its caller was cancelled, or the process died
         # before answering the member) is released: nobody is waiting for it.
         now = self._clock()
-        for job in active:
+        for job in active if active is not None else await self._store.active_jobs():
             unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
             if unacknowledged and now - job.created_at > UNACKNOWLEDGED_AFTER:
                 log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
                 await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
+
+    async def _dispatch(self) -> None:
+        active = await self._store.active_jobs()
+        await self._release_unacknowledged(active)
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
         for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
@@ -443,41 +468,49 @@ class JobService:
 
     # --- recovery ----------------------------------------------------------------------------------------
 
-    async def _recover(self) -> None:
-        """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones."""
-        presenter = self._require_presenter()
+    async def _recover(self) -> int:
+        """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones.
+
+        Returns how many jobs could not be recovered (each is logged and left as stored)."""
+        failed = 0
         for job in await self._store.active_jobs():
-            if job.status == JobStatus.QUEUED:
-                continue  # the dispatcher starts it, or releases it if it was never acknowledged
-            if job.id in self._tasks:
-                continue
-            if job.status == JobStatus.DELIVERING:
-                # What the row says was posted (follow-ups included), or what the reply shows when the
-                # crash came between posting a message and recording it.
-                seen = max(job.posted_count, await presenter.delivered_count(job) or 0)
-                if seen:
-                    await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
-                    log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
-                    continue
-                if job.mode == "async" and job.operation_id:
-                    # Not posted yet: fetch the finished operation again and deliver it once.
-                    job = (
-                        await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], status=JobStatus.POLLING)
-                        or job
-                    )
-            if job.status in (JobStatus.POLLING, JobStatus.DELIVERING) and job.operation_id:
-                log.info("resuming job id=%s operation=%s", job.id, job.operation_id)
-                self._spawn(job, self._run(job, resume=True))
-                continue
-            # A sync request (or a POST whose answer never got stored) was cut off: the gateway may
-            # have charged the operator, but the member got nothing, so they get their credits back.
-            log.warning(
-                "job id=%s model=%s was interrupted before the gateway answered; refunding "
-                "(the gateway may have charged the operator)",
-                job.id,
-                job.model,
-            )
-            await self._settle_failure(job, InterruptedJobError())
+            if job.status == JobStatus.QUEUED or job.id in self._tasks:
+                continue  # the dispatcher starts (or releases) queued jobs
+            try:
+                await self._recover_one(job)
+            except Exception:
+                failed += 1
+                log.exception("could not recover job id=%s (status %s); will retry", job.id, job.status)
+        return failed
+
+    async def _recover_one(self, job: JobRecord) -> None:
+        presenter = self._require_presenter()
+        if job.status == JobStatus.DELIVERING:
+            # What the row says was posted (follow-ups included), or what the reply shows when the
+            # crash came between posting a message and recording it.
+            seen = max(job.posted_count, await presenter.delivered_count(job) or 0)
+            if seen:
+                await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
+                log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
+                return
+            if job.mode == "async" and job.operation_id:
+                # Not posted yet: fetch the finished operation again and deliver it once.
+                job = (
+                    await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], status=JobStatus.POLLING) or job
+                )
+        if job.status in (JobStatus.POLLING, JobStatus.DELIVERING) and job.operation_id:
+            log.info("resuming job id=%s operation=%s", job.id, job.operation_id)
+            self._spawn(job, self._run(job, resume=True))
+            return
+        # A sync request (or a POST whose answer never got stored) was cut off: the gateway may
+        # have charged the operator, but the member got nothing, so they get their credits back.
+        log.warning(
+            "job id=%s model=%s was interrupted before the gateway answered; refunding "
+            "(the gateway may have charged the operator)",
+            job.id,
+            job.model,
+        )
+        await self._settle_failure(job, InterruptedJobError())
 
 
-__all__ = ["Delivery", "JobPresenter", "JobService", "Progress", "Stage"]
+__all__ = ["Delivery", "JobPresenter", "JobService", "Progress", "RecoveryIncompleteError", "Stage"]

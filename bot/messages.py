@@ -39,6 +39,7 @@ EN: dict[str, str] = {
     "error.invalid_amount": "`{value}` is not a valid amount: use a whole number from 0 to {limit}.",
     "error.not_a_member": "That user is not a member of this server.",
     "error.missing_permission": "You need the {permission} permission to do that.",
+    "error.not_ready": "The bot is still starting up. Try again in a minute; nothing was charged.",
     "error.shutting_down": "The bot is restarting. Try again in a minute; nothing was charged.",
     "error.job_not_found": "That image job no longer exists.",
     "error.not_job_owner": "Only the member who asked for this, or a server admin, can do that.",

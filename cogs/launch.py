@@ -20,6 +20,7 @@ from bot.errors import (
     EmptyPromptError,
     InsufficientCreditsError,
     ModelDisabledError,
+    NotReadyError,
     PromptTooLongError,
     ShuttingDownError,
 )
@@ -77,6 +78,8 @@ async def launch_job(
     await services.moderator.check(guild_id, prompt)
     if not services.jobs.accepting:
         raise ShuttingDownError()
+    if not services.jobs.dispatching:
+        raise NotReadyError()  # still recovering after a start: holding now could strand the credits
     roles = role_ids(interaction.user)
 
     threshold = policy.quote_threshold if policy.quote_threshold is not None else settings.quote_threshold

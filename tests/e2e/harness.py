@@ -54,8 +54,9 @@ class World:
         values.update(overrides)
         return Settings(_env_file=None, **values)
 
-    async def start(self, **overrides: Any) -> ImagineBot:
-        """Boot the bot through the production start-up path and wait until it takes jobs."""
+    async def start(self, *, wait_for_jobs: bool = True, **overrides: Any) -> ImagineBot:
+        """Boot the bot through the production start-up path and wait until it takes jobs (unless
+        `wait_for_jobs` is False: then only until it is connected)."""
         assert self._task is None, "already running"
         self._patch.enter_context(self.fd.patch_discord())
         started: asyncio.Future[ImagineBot] = asyncio.get_running_loop().create_future()
@@ -65,7 +66,8 @@ class World:
         bot = self.bot = started.result()
         await self._unless_stopped(asyncio.ensure_future(bot.wait_until_ready()))
         assert self.fd.identify_count > before, "a new gateway session"
-        await asyncio.wait_for(bot.services.jobs.wait_started(), WAIT)
+        if wait_for_jobs:
+            await asyncio.wait_for(bot.services.jobs.wait_started(), WAIT)
         return bot
 
     async def _unless_stopped(self, step: asyncio.Future[Any]) -> None:

@@ -13,8 +13,9 @@ import pytest
 
 from bot.catalog import Catalog
 from bot.ledger import Ledger
-from bot.store.records import EntryKind, JobStatus
+from bot.store.records import Allowance, EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
+from tests.factories import make_job
 from tests.fakes.fake_discord import CallbackType, FakeDiscord, FakeInteraction
 from tests.fakes.fake_gateway import FakeGateway, Reply
 
@@ -240,3 +241,51 @@ async def test_a_crash_before_recording_what_was_posted_is_settled_from_the_repl
     assert await world.ledger_of(job.id) == {EntryKind.HOLD: SYNC_PRICE, EntryKind.CAPTURE: SYNC_PRICE}
     assert sum(1 for edit in fi.edits if edit.attachments) == 1, "not posted a second time"
     assert len(world.gw.posts) == 1
+
+
+async def test_a_recovery_failure_is_retried_and_never_strands_credits(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.05)
+    await world.start()
+    world.gw.configure(ASYNC_MODEL, completion_delay=3600)
+    first_fi = await world.imagine("first", model=ASYNC_MODEL)
+    first = await world.job_of(first_fi)
+    second_fi = await world.imagine("second", model=ASYNC_MODEL)
+    second = await world.job_of(second_fi)
+    await world.fd.wait_for(lambda: len(world.gw.polls) >= 2, WAIT, what="both polling")
+    await world.stop()
+    store = await world.open_store()
+    try:
+        for job in (first, second):  # both crashed while posting their images
+            await store.update_job(job.id, status=JobStatus.DELIVERING)
+        # And a hold whose member was never answered (the process died before acknowledging).
+        ledger = Ledger(store, default_allowance=Allowance(500, "month"))
+        orphan = await ledger.hold_for_job(make_job(guild_id=first.guild_id, user_id=first.user_id, price=5), [])
+    finally:
+        await store.close()
+    for operation in world.gw.operations:
+        world.gw.complete(operation)
+    # Discord's connection breaks each time recovery asks about the first job's reply.
+    assert first.reply_message_id is not None
+    broken = world.fd.drop_connections(
+        lambda r: r.method == "GET" and r.path.endswith(f"/messages/{first.reply_message_id}"), times=None
+    )
+
+    bot = await world.start(wait_for_jobs=False)
+    assert len((await world.finished(second_fi)).attachments) == 1, "the other job is recovered"
+    await world.fd.wait_for(lambda: broken.hits >= 2, WAIT, what="start retried")
+    released = await world.store.get_job(orphan.id)
+    assert released is not None and released.status == JobStatus.FAILED, "unacknowledged hold released"
+    assert not bot.services.jobs.dispatching
+    refused = await world.imagine("while starting", model=SYNC_MODEL)
+    answer = await refused.wait_for_callback(WAIT)
+    assert answer.ephemeral and "still starting up" in answer.data["content"]
+    assert {j.id for j in await world.store.active_jobs()} == {first.id}, "nothing held for the refused one"
+
+    broken.remove()  # Discord is back: the next attempt recovers the first job and dispatching starts
+    await asyncio.wait_for(bot.services.jobs.wait_started(), WAIT)
+    assert len((await world.finished(first_fi)).attachments) == 1
+    for job in (first, second):
+        assert await world.ledger_of(job.id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.CAPTURE: ASYNC_PRICE}
+    assert len(world.gw.posts) == 2

@@ -1498,6 +1498,11 @@ class FakeDiscord:
         self.holds.append(hold)
         return hold
 
+    def drop_connections(self, match: str | Callable[[RecordedRequest], bool], *, times: int | None = 1) -> Fault:
+        """Reset the connection of matching requests without answering (a network failure: the client
+        sees a connection error, not an HTTP status)."""
+        return self.inject_fault(match, status=0, body=None, times=times)
+
     def rate_limit_next(
         self, match: str | Callable[[RecordedRequest], bool], *, retry_after: float = 0.05, is_global: bool = False
     ) -> Fault:
@@ -2299,6 +2304,11 @@ class FakeDiscord:
             fault.hits += 1
             if fault.remaining is not None:
                 fault.remaining -= 1
+            if fault.status == 0:  # drop_connections: no answer at all
+                self.requests.append(rec)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("fake Discord dropped the connection")
             response = _json_response(fault.body, fault.status, fault.headers)
         elif handler is None:
             response = _error(404, 0, "404: Not Found" if not request.path.startswith(prefix) else "Unknown")
