@@ -38,6 +38,7 @@ from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
 log = logging.getLogger(__name__)
 
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
+STOP_STEP_TIMEOUT = 0.5  # seconds each shutdown step may take once the grace time is over
 
 
 class RecoveryIncompleteError(RuntimeError):
@@ -139,22 +140,26 @@ class JobService:
         """Stop taking jobs; give running jobs `grace` seconds, then leave them persisted for the next start.
 
         Jobs cut off here are not settled: their rows say where they stopped, and recovery finishes them.
+        Every wait here is bounded (`grace`, then STOP_STEP_TIMEOUT per step): a job stuck behind Discord
+        or the gateway cannot keep the process alive.
         """
         self._stopping = True
         if self._dispatcher is not None:
             self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            await asyncio.wait([self._dispatcher], timeout=STOP_STEP_TIMEOUT)
         running = list(self._tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                _, stuck = await asyncio.wait(pending, timeout=STOP_STEP_TIMEOUT)
                 log.info("left %d running job(s) persisted for the next start", len(pending))
-        for reporter in list(self._reporters.values()):
-            await reporter.close()
+                if stuck:
+                    log.warning("%d job task(s) did not stop in time; their rows stay for recovery", len(stuck))
+        closing = [asyncio.create_task(reporter.close()) for reporter in self._reporters.values()]
+        if closing:
+            await asyncio.wait(closing, timeout=STOP_STEP_TIMEOUT)
         self._reporters.clear()
 
     @property

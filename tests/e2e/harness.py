@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from bot.store.records import EntryKind, JobRecord
 from tests.fakes.fake_discord import DEFAULT_TOKEN, FakeDiscord, FakeInteraction, FakeMessage, MessageRevision
 from tests.fakes.fake_gateway import FakeGateway
 
+ROOT = Path(__file__).resolve().parents[2]  # the project, for a child process's PYTHONPATH
 WAIT = 20.0  # seconds any single wait may take before the test fails
 
 
@@ -96,6 +99,24 @@ class World:
         self.bot = None
         self._patch.close()
 
+    async def start_process(self, **overrides: Any) -> asyncio.subprocess.Process:
+        """Run the bot as a real process (`python -m bot`'s `main()`), pointed at the fakes.
+
+        Only discord.py's two base URLs are patched in the child, as `FakeDiscord.patch_discord` does here.
+        """
+        settings = self.settings(**overrides)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("DISCORD_", "GATEWAY_", "DATABASE_"))}
+        for name, value in settings.model_dump().items():
+            if value is None:
+                continue
+            secret = getattr(value, "get_secret_value", None)
+            env[name.upper()] = str(secret() if secret else value)
+        env.update(FAKE_DISCORD_API=self.fd.api_base, FAKE_DISCORD_GATEWAY=self.fd.gateway_url)
+        env["PYTHONPATH"] = str(ROOT)
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _CHILD, env=env, cwd=self.tmp, stderr=asyncio.subprocess.DEVNULL
+        )
+
     @property
     def store(self) -> Store:
         assert self.bot is not None, "the bot is not running"
@@ -147,6 +168,15 @@ class World:
         store = open_store(self.settings().database_url)
         await store.open()
         return store
+
+
+_CHILD = """
+import os, yarl, discord.gateway, discord.http
+discord.http.Route.BASE = os.environ["FAKE_DISCORD_API"]
+discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(os.environ["FAKE_DISCORD_GATEWAY"])
+from bot.__main__ import main
+main()
+"""
 
 
 def _status(message: FakeMessage | MessageRevision) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,35 @@ async def test_a_recovery_failure_is_retried_and_never_strands_credits(
     for job in (first, second):
         assert await world.ledger_of(job.id) == {EntryKind.HOLD: ASYNC_PRICE, EntryKind.CAPTURE: ASYNC_PRICE}
     assert len(world.gw.posts) == 2
+
+
+async def test_sigterm_exits_within_10_s_even_with_an_edit_stuck_at_discord(world: World) -> None:
+    # A restart, then a real bot process with an async job in flight whose progress edit Discord holds.
+    await world.start()
+    world.gw.configure(ASYNC_MODEL, completion_delay=3600)
+    fi = await world.imagine("a slow tide", model=ASYNC_MODEL)
+    job = await world.job_of(fi)
+    await world.gw.wait_for_request(lambda r: r.kind == "POLL", timeout=WAIT)
+    await world.stop()
+    stored_polls = len(world.gw.polls)
+
+    edits = world.fd.hold_requests(lambda r: r.method == "PATCH" and "/messages/" in r.path)
+    process = await world.start_process(shutdown_grace_seconds=1.0)
+    try:
+        await world.fd.wait_for(lambda: len(world.gw.polls) > stored_polls, WAIT, what="the job resumed")
+        await asyncio.wait_for(edits.arrived.wait(), WAIT)  # a progress edit is stuck on the wire
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 10)  # "exits within 10 s"
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        edits.release()
+    assert process.returncode == 0
+    store = await world.open_store()
+    try:
+        left = await store.get_job(job.id)
+        assert left is not None and left.status == JobStatus.POLLING, "left for the next start"
+        assert (await store.member_totals(left.guild_id, left.user_id, 0)).held == ASYNC_PRICE
+    finally:
+        await store.close()
