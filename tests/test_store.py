@@ -487,3 +487,22 @@ async def test_later_migration_backfills_an_existing_database(tmp_path: Path) ->
         assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")] == [
             v for v, _, _ in _load_migrations()
         ]
+
+
+async def test_settlement_never_captures_more_than_was_asked(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1", count=2, price=5), UNLIMITED, now=NOW)
+    done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=5, now=NOW)
+    assert done is not None and done.delivered_count == 2 and done.charged == 10
+    captured = [e for e in await store.ledger_entries(G, 0, 1e12) if e.kind == EntryKind.CAPTURE]
+    assert [e.amount for e in captured] == [10]
+
+
+async def test_a_period_starting_inside_a_bucket_counts_its_first_lines(store: SqliteStore) -> None:
+    # The period starts 100 s into a 15-minute bucket; 40 credits were spent before the bucket ends.
+    start = 900 * 1000 + 100
+    limits = HoldLimits(allowance=50, period_start=start)
+    await store.create_job_with_hold(new_job("spent", count=1, price=40), limits, now=start + 10)
+    await store.finish_job("spent", JobStatus.DELIVERED, delivered_count=1, now=start + 20)
+    with pytest.raises(InsufficientCreditsError) as refused:
+        await store.create_job_with_hold(new_job("more", count=1, price=20), limits, now=start + 30)
+    assert refused.value.params["available"] == 10

@@ -322,3 +322,20 @@ async def test_sigterm_exits_within_10_s_even_with_an_edit_stuck_at_discord(worl
         assert (await store.member_totals(left.guild_id, left.user_id, 0)).held == ASYNC_PRICE
     finally:
         await store.close()
+
+
+async def test_a_refused_acknowledgement_releases_the_hold_at_once(running: World) -> None:
+    # Discord refuses the defer (the interaction expired in transit): nobody will see this job.
+    running.fd.inject_fault(
+        lambda r: r.method == "POST" and r.path.endswith("/callback"),
+        status=404,
+        body={"message": "Unknown interaction", "code": 10062},
+    )
+    fi = await running.imagine("never seen", model=SYNC_MODEL)
+    error = await fi.wait_for_callback(WAIT)  # the error message, once the handler gave up
+    assert error.ephemeral
+    assert await running.store.active_jobs() == [], "released now, not a minute later"
+    (job,) = await running.store.recent_jobs(running.fd.guild.id, running.fd.alice.id, 5)
+    assert job.status == JobStatus.CANCELLED
+    assert await running.ledger_of(job.id) == {EntryKind.HOLD: SYNC_PRICE, EntryKind.RELEASE: SYNC_PRICE}
+    assert running.gw.posts == []
