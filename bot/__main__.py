@@ -56,7 +56,7 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
             handled = []
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+                    loop.add_signal_handler(sig, lambda: bot.spawn(bot.close(), name="close-on-signal"))
                     handled.append(sig)
             try:
                 if on_ready is not None:

@@ -59,7 +59,9 @@ class Settings(BaseSettings):
     max_jobs_per_member: int = Field(default=2, ge=1)
     max_jobs_per_guild: int = Field(default=8, ge=1)
     max_jobs_global: int = Field(default=16, ge=1)
-    shutdown_grace_seconds: float = Field(default=8.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=8)  # SIGTERM must exit within 10 s
+    max_queued_per_member: int = Field(default=10, ge=1)  # a member's jobs queued or running
+    max_queued_per_guild: int = Field(default=200, ge=1)  # a server's jobs queued or running
 
     # Moderation
     blocklist_max_terms: int = Field(default=500, ge=1, le=5000)

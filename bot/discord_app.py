@@ -7,9 +7,11 @@ message each, and on close stops taking jobs before disconnecting. The imagine c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
+from collections.abc import Coroutine
 from typing import Any, cast
 
 import aiohttp
@@ -156,6 +158,20 @@ class ImagineBot(commands.Bot):
         self.settings = settings
         self.services = services
         self._closing = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run `work` in the background: a reference is kept (the loop holds tasks only weakly) and a
+        failure is logged, never lost. The one way the bot starts a task it does not await."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
     async def setup_hook(self) -> None:
         await self.tree.set_translator(CatalogTranslator())

@@ -81,7 +81,11 @@ class BlocklistFullError(RequestError):
 
 
 class TooManyJobsError(RequestError):
-    message_key = "error.too_many_jobs"  # params: limit
+    message_key = "error.too_many_jobs"  # params: limit (MAX_QUEUED_PER_MEMBER)
+
+
+class ServerQueueFullError(RequestError):
+    message_key = "error.server_queue_full"  # params: limit (MAX_QUEUED_PER_GUILD)
 
 
 class InvalidValueError(RequestError):
@@ -102,6 +106,10 @@ class MissingPermissionError(RequestError):
 
 class ShuttingDownError(RequestError):
     message_key = "error.shutting_down"
+
+
+class NotReadyError(RequestError):
+    message_key = "error.not_ready"  # the job service is not dispatching yet (start-up or its retries)
 
 
 class JobNotFoundError(RequestError):
@@ -179,6 +187,10 @@ class DownloadError(GatewayError):
 
 class GatewayUnavailableError(GatewayError):
     message_key = "error.gateway_unavailable"  # could not connect at all
+
+
+class OperationLostError(GatewayError):
+    message_key = "error.operation_lost"  # 404 on a poll: the gateway no longer knows the operation
 
 
 # --- Job life ---------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from bot.errors import (
     GenerationFailedError,
     MalformedResponseError,
     ModelNotEnabledError,
+    OperationLostError,
     RateLimitedError,
     RequestRejectedError,
     UpstreamError,
@@ -422,6 +423,9 @@ class GatewayClient:
             status, headers, raw = await self._call("GET", url, what, params={"model": model})
         except aiohttp.ClientConnectorError as exc:
             raise GatewayUnavailableError(f"{what}: cannot connect", status=None) from exc
+        if status == 404:
+            # The operation is gone (expired or never stored there): not an unknown model.
+            raise OperationLostError(f"{what}: HTTP 404 (operation not found)", status=status)
         if not 200 <= status < 300:
             self._raise_for_status(status, headers, raw, what, model)
         answer = self._parse_json(raw, status, what)
@@ -471,9 +475,17 @@ class GatewayClient:
         timeouts, 429, 5xx) are retried; 401/402/403/404 and a failed operation raise at once; after
         `poll_deadline` seconds since submit, `GatewayTimeoutError`. `on_poll(elapsed)` runs after each
         answered poll.
+
+        An operation resumed after its deadline (the bot was down longer than that) is polled at once,
+        never failed unseen: it may have finished meanwhile, and been paid for. If it is still running,
+        the deadline counts from the resumption.
         """
-        started = self._clock() - max(0.0, elapsed)
+        now = self._clock()
+        started = now - max(0.0, elapsed)
         deadline = started + self.poll_deadline
+        resumed_overdue = deadline <= now
+        if resumed_overdue:
+            deadline = now + self.poll_deadline
         failures = 0
         last_error: GatewayError | None = None
         last_pending = max(0.0, elapsed)  # the operation was not finished before this (since submit)
@@ -486,7 +498,10 @@ class GatewayClient:
                     f"operation {operation_id} ({model}) not done after {self.poll_deadline:g}s{reason}",
                     status=None,
                 ) from last_error
-            delay = max(schedule.next_delay(now - started), backoff)
+            if resumed_overdue:
+                delay, resumed_overdue = 0.0, False  # look right away: it has had all the time it was given
+            else:
+                delay = max(schedule.next_delay(now - started), backoff)
             # Never sleep past the deadline: one last look right at it.
             await asyncio.sleep(max(0.0, min(delay, deadline - now)))
             try:

@@ -16,10 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 from bot.catalog import Catalog
 from bot.errors import (
     BlocklistFullError,
-    DefaultModelDisabledError,
     InvalidAmountError,
     InvalidValueError,
-    ModelDisabledError,
 )
 from bot.i18n import languages
 from bot.ledger import Ledger, period_bounds
@@ -122,17 +120,20 @@ class PolicyService:
         """Allow or refuse a model; the model /imagine falls back to cannot be refused (members would be
         refused without having picked anything)."""
         spec = self._catalog.get(model)
-        if not allowed:
-            policy = await self._store.get_policy(guild_id)
-            if spec.name == (policy.default_model or self._bot_default_model):
-                raise DefaultModelDisabledError(model=spec.name)
-        return await self._store.set_model_rule(guild_id, spec.name, allowed, actor_id=actor_id, now=self._clock())
+        # Checked by the store in the write's own transaction: two admins at once cannot race it.
+        return await self._store.set_model_rule(
+            guild_id,
+            spec.name,
+            allowed,
+            actor_id=actor_id,
+            now=self._clock(),
+            fallback_default=self._bot_default_model,
+        )
 
     async def set_default_model(self, guild_id: int, actor_id: int, model: str) -> GuildPolicy:
+        """Make `model` the server's default; the store refuses (ModelDisabledError) a disallowed one in
+        the write's own transaction."""
         spec = self._catalog.get(model)
-        policy = await self._store.get_policy(guild_id)
-        if not policy.is_model_allowed(spec.name):
-            raise ModelDisabledError(model=spec.name)
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), default_model=spec.name)
 
     async def set_timezone(self, guild_id: int, actor_id: int, name: str) -> GuildPolicy:

@@ -95,12 +95,13 @@ class ProgressReporter:
         """Stop reporting before the final edit.
 
         An edit already on the wire is allowed to finish first, so that it cannot land after (and hide)
-        the result.
+        the result. A cancellation of the caller is never swallowed: only the reporter's own task is
+        awaited quietly (`asyncio.wait` does not raise its result), so a member's Cancel or a shutdown
+        that lands here still reaches the job.
         """
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
             async with self._sending:
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])

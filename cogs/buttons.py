@@ -82,13 +82,18 @@ class JobButton(
         await answer_errors(interaction, lambda: actions[self.action](interaction))
 
     async def _cancel(self, interaction: discord.Interaction[Any]) -> None:
-        """Cancel a queued or running job; its credits are released and its reply says so."""
+        """Cancel a queued or running job; its credits are released and its reply says so.
+
+        Acknowledged before the work: stopping a job waits for its edits, which Discord may be
+        rate-limiting, and the click must be answered within 3 s whatever happens. Only the ownership
+        check (one read) comes first, so that a refusal stays the click's one ephemeral answer.
+        """
+        await _owned_job(interaction, self.job_id)
+        await interaction.response.defer()
         jobs = interaction.client.services.jobs  # type: ignore[attr-defined]
         job = await jobs.cancel(self.job_id, interaction.user.id, is_admin=is_admin(interaction))
-        if job.status != "cancelled":
+        if job.status != "cancelled" and not job.cancel_requested:
             await send_ephemeral(interaction, text("job.already_finished", locale_of(interaction)))
-        elif not interaction.response.is_done():
-            await interaction.response.defer()
 
     async def _delete(self, interaction: discord.Interaction[Any]) -> None:
         """Delete a result message: the member who asked, or an admin."""

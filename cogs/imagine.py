@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 25  # Discord's autocomplete limit
+START_RETRY_FIRST, START_RETRY_CAP = 1.0, 30.0  # seconds between attempts to start the job service
 
 
 class ImagineCog(commands.Cog):
@@ -34,19 +35,31 @@ class ImagineCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
-        self._starter = asyncio.create_task(self._start_jobs(), name="start-jobs")
+        self._starter = self.bot.spawn(self._start_jobs(), name="start-jobs")
 
     async def cog_unload(self) -> None:
         if self._starter is not None:
             self._starter.cancel()
 
     async def _start_jobs(self) -> None:
-        # Recovery edits replies in channels, so the job service starts once the guild cache is ready.
+        """Start the job service, retrying with backoff until it runs (or the bot closes).
+
+        Recovery edits replies in channels, so it starts once the guild cache is ready; a failure (Discord
+        unreachable mid-recovery) is logged and retried. Until it runs, /imagine is refused.
+        """
         await self.bot.wait_until_ready()
-        if self.bot.is_closing:
+        presenter = DiscordJobPresenter(self.bot)
+        delay = START_RETRY_FIRST
+        while not self.bot.is_closing:
+            try:
+                await self.services.jobs.start(presenter)
+            except Exception:
+                log.exception("the job service did not start; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, START_RETRY_CAP)
+                continue
+            log.info("job service started")
             return
-        await self.services.jobs.start(DiscordJobPresenter(self.bot))
-        log.info("job service started")
 
     @app_commands.command(name="imagine")
     @app_commands.guild_only()

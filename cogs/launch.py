@@ -20,6 +20,7 @@ from bot.errors import (
     EmptyPromptError,
     InsufficientCreditsError,
     ModelDisabledError,
+    NotReadyError,
     PromptTooLongError,
     ShuttingDownError,
 )
@@ -40,6 +41,7 @@ class ImagineRequest:
     model: str | None
     count: int = 1
     options: dict[str, str | None] = field(default_factory=dict)
+    job_id: str | None = None  # minted with a price quote, so that its confirmation is idempotent
 
 
 def role_ids(member: discord.abc.User) -> list[int]:
@@ -76,6 +78,8 @@ async def launch_job(
     await services.moderator.check(guild_id, prompt)
     if not services.jobs.accepting:
         raise ShuttingDownError()
+    if not services.jobs.dispatching:
+        raise NotReadyError()  # still recovering after a start: holding now could strand the credits
     roles = role_ids(interaction.user)
 
     threshold = policy.quote_threshold if policy.quote_threshold is not None else settings.quote_threshold
@@ -84,11 +88,12 @@ async def launch_job(
 
         balance = await services.ledger.balance(guild_id, interaction.user.id, roles)
         if balance.available is not None and balance.available < prepared.total_price:
-            raise InsufficientCreditsError(needed=prepared.total_price, available=balance.available)
+            # An overdrawn member (deducted below zero) has 0 available, as the hold's own refusal says.
+            raise InsufficientCreditsError(needed=prepared.total_price, available=max(balance.available, 0))
         after = (
             text("credits.unlimited", locale) if balance.available is None else balance.available - prepared.total_price
         )
-        resolved = ImagineRequest(prompt, spec.name, request.count, dict(prepared.options))
+        resolved = ImagineRequest(prompt, spec.name, request.count, dict(prepared.options), request.job_id)
         view = QuoteView(resolved, owner_id=interaction.user.id, locale=locale)
         view.origin = interaction
         await interaction.response.send_message(
@@ -110,7 +115,7 @@ async def launch_job(
     # Hold first, so that a refusal (credits, budget) is our first answer and ephemeral; the hold is one
     # short transaction, far inside Discord's 3 seconds.
     job = NewJob(
-        id=uuid.uuid4().hex,
+        id=request.job_id or uuid.uuid4().hex,
         guild_id=guild_id,
         channel_id=interaction.channel_id,
         user_id=interaction.user.id,

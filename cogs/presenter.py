@@ -259,6 +259,8 @@ class DiscordJobPresenter:
             else:
                 await send_more(files)
             posted += len(files)
+            if delivery.record_posted is not None:
+                await delivery.record_posted(posted)
         return posted
 
     async def _fit(self, job: JobRecord, images: list[ImageData], limit: int) -> tuple[list[str], list[bytes]]:

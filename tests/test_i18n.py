@@ -58,6 +58,7 @@ def _walk(command: Any) -> list[Any]:
 async def _translated_payloads() -> tuple[list[dict[str, Any]], list[Any]]:
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
     bot.services = None  # type: ignore[attr-defined]  # the cogs only keep a reference at load time
+    bot.spawn = lambda work, name: asyncio.create_task(work, name=name)  # type: ignore[attr-defined]
     for extension in EXTENSIONS:
         await bot.load_extension(extension)
     for task in asyncio.all_tasks():  # the imagine cog's job starter waits for a login that never comes

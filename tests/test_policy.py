@@ -168,3 +168,19 @@ async def test_csv_headers_follow_the_admins_language(policy: PolicyService) -> 
     korean, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "ko")
     assert english.decode().splitlines()[0] == "id,time_utc,user_id,kind,amount,job_id,model,actor_id,reason"
     assert korean.decode().splitlines()[0] == "번호,시각_UTC,사용자_ID,종류,크레딧,작업_ID,모델,처리자_ID,사유"
+
+
+async def test_two_admins_at_once_never_leave_the_default_model_disabled(
+    policy: PolicyService, store: SqliteStore
+) -> None:
+    # One admin makes gpt-image-1 the default while another disables it: one of them must be refused.
+    results = await asyncio.gather(
+        policy.set_default_model(GUILD, ADMIN, "gpt-image-1"),
+        policy.set_model_allowed(GUILD, ADMIN + 1, "gpt-image-1", False),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, (ModelDisabledError, DefaultModelDisabledError))]
+    assert len(refused) == 1, results
+    final = await store.get_policy(GUILD)
+    default = final.default_model or "gemini-2.5-flash-image"
+    assert final.is_model_allowed(default), f"{default} is the default and disabled"

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import BudgetExhaustedError, InsufficientCreditsError, ServerQueueFullError, TooManyJobsError
 from bot.store import Store, open_store
-from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
+from bot.store.records import (
+    Allowance,
+    EntryKind,
+    GuildPolicy,
+    HoldLimits,
+    JobRecord,
+    JobStatus,
+    MemberTotals,
+    NewJob,
+)
 from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
 from tests.factories import make_job
 
@@ -205,6 +214,34 @@ async def test_update_job_compare_and_set(store: SqliteStore) -> None:
     await store.finish_job("j1", JobStatus.CANCELLED, now=NOW)
     assert await store.update_job("j1", operation_id="late") is None  # terminal: untouched
     assert await store.update_job("missing", operation_id="x") is None
+
+
+async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    await store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING)
+    assert await store.finish_job("j1", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW) is None
+    job = await store.get_job("j1")
+    assert job is not None and job.status == JobStatus.SUBMITTING, "claimed: not settled by the cancel"
+    assert (await store.member_totals(G, U, 0)).held == job.hold_amount
+    await store.create_job_with_hold(new_job("j2"), UNLIMITED, now=NOW)
+    cancelled = await store.finish_job("j2", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+
+
+async def test_queue_limits_hold_under_a_burst(store: SqliteStore) -> None:
+    limits = HoldLimits(allowance=None, period_start=0.0, max_member_jobs=2, max_guild_jobs=3)
+    burst = [new_job(f"m{i}", user_id=U) for i in range(5)] + [new_job(f"o{i}", user_id=U + 1 + i) for i in range(5)]
+    results = await asyncio.gather(
+        *(store.create_job_with_hold(job, limits, now=NOW) for job in burst), return_exceptions=True
+    )
+    held = [r for r in results if isinstance(r, JobRecord)]
+    assert len(held) == 3, "the server's limit"
+    assert sum(1 for r in held if r.user_id == U) <= 2, "the member's limit"
+    refusals = [r for r in results if not isinstance(r, JobRecord)]
+    assert all(isinstance(r, (TooManyJobsError, ServerQueueFullError)) for r in refusals), refusals
+    assert len(await store.active_jobs()) == 3, "a refused request writes nothing"
+    await store.finish_job(held[0].id, JobStatus.CANCELLED, now=NOW)  # a finished job frees its place
+    assert await store.create_job_with_hold(new_job("late", user_id=U + 9), limits, now=NOW)
 
 
 async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
@@ -463,3 +500,22 @@ async def test_later_migration_backfills_an_existing_database(tmp_path: Path) ->
         assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")] == [
             v for v, _, _ in _load_migrations()
         ]
+
+
+async def test_settlement_never_captures_more_than_was_asked(store: SqliteStore) -> None:
+    await store.create_job_with_hold(new_job("j1", count=2, price=5), UNLIMITED, now=NOW)
+    done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=5, now=NOW)
+    assert done is not None and done.delivered_count == 2 and done.charged == 10
+    captured = [e for e in await store.ledger_entries(G, 0, 1e12) if e.kind == EntryKind.CAPTURE]
+    assert [e.amount for e in captured] == [10]
+
+
+async def test_a_period_starting_inside_a_bucket_counts_its_first_lines(store: SqliteStore) -> None:
+    # The period starts 100 s into a 15-minute bucket; 40 credits were spent before the bucket ends.
+    start = 900 * 1000 + 100
+    limits = HoldLimits(allowance=50, period_start=start)
+    await store.create_job_with_hold(new_job("spent", count=1, price=40), limits, now=start + 10)
+    await store.finish_job("spent", JobStatus.DELIVERED, delivered_count=1, now=start + 20)
+    with pytest.raises(InsufficientCreditsError) as refused:
+        await store.create_job_with_hold(new_job("more", count=1, price=20), limits, now=start + 30)
+    assert refused.value.params["available"] == 10

@@ -66,9 +66,11 @@ class Store(ABC):
         In one transaction: the member's available credits (limits.allowance + granted − captured since
         limits.period_start − all active holds) must cover the hold, unless the allowance is unlimited;
         and the server's spend (captured since limits.budget_period_start + active holds) plus the hold
-        must stay within limits.budget, when there is one. Raises `InsufficientCreditsError(needed,
-        available)` or `BudgetExhaustedError(needed, remaining)` and writes nothing when either fails.
-        Concurrent calls can never overspend.
+        must stay within limits.budget, when there is one; and the member's and the server's jobs
+        queued or running (their held holds) must stay under limits.max_member_jobs and
+        limits.max_guild_jobs. Raises `TooManyJobsError(limit)`, `ServerQueueFullError(limit)`,
+        `InsufficientCreditsError(needed, available)` or `BudgetExhaustedError(needed, remaining)` and
+        writes nothing when any fails. Concurrent calls can never overspend nor overfill the queue.
         """
 
     @abstractmethod
@@ -80,13 +82,16 @@ class Store(ABC):
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
         now: float,
     ) -> JobRecord | None:
         """Move a job to a terminal status and settle its hold, exactly once, in one transaction.
 
         DELIVERED captures `delivered_count × price` and releases the rest; FAILED and CANCELLED release
-        it all. Returns the updated record, or None when the job was already terminal (a second call is
-        a no-op: nothing is captured or released twice).
+        it all. The interaction token is cleared (a secret kept no longer than the job). Returns the
+        updated record, or None when the job was already terminal (a second call is a no-op: nothing is
+        captured or released twice) or, with `expect`, not in that status: the compare-and-set of a
+        cancel that must not settle a job the dispatcher has just claimed.
         """
 
     @abstractmethod
@@ -171,13 +176,27 @@ class Store(ABC):
 
         `changes` are GuildPolicy field names (timezone, default_allowance, budget, default_model,
         quote_threshold, models_allowed_by_default); `model_rules` changes go through `set_model_rule`.
+        A new `default_model` must be allowed on the server, checked in the same transaction (else
+        `ModelDisabledError`, nothing written), so that a concurrent `set_model_rule` cannot leave the
+        default disabled.
         """
 
     @abstractmethod
     async def set_model_rule(
-        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+        self,
+        guild_id: int,
+        model: str,
+        allowed: bool | None,
+        *,
+        actor_id: int,
+        now: float,
+        fallback_default: str | None = None,
     ) -> GuildPolicy:
-        """Allow or deny one model on a server (None removes the rule), audited."""
+        """Allow or deny one model on a server (None removes the rule), audited.
+
+        A model that the server's default model (or `fallback_default` when it has none) names cannot be
+        denied: `DefaultModelDisabledError`, nothing written, checked in the same transaction as the write.
+        """
 
     @abstractmethod
     async def role_allowances(self, guild_id: int) -> dict[int, Allowance]:

@@ -105,6 +105,7 @@ class JobRecord:
     error_key: str | None = None
     error_detail: str | None = None
     delivered_count: int = 0
+    posted_count: int = 0  # images posted so far (written after each message), for recovery
     charged: int = 0
     cancel_requested: bool = False
     created_at: float = 0.0
@@ -147,13 +148,15 @@ class MemberTotals:
 class HoldLimits:
     """What a new hold must fit under, computed by the ledger from policy and the clock.
 
-    The store checks both inside the same transaction that inserts the hold.
+    The store checks them all inside the same transaction that inserts the hold.
     """
 
     allowance: int | None  # the member's allowance this period; None = unlimited
     period_start: float  # epoch seconds; grants and captures since then count
     budget: int | None = None  # the server's cap this budget period; None = no cap
     budget_period_start: float = 0.0
+    max_member_jobs: int | None = None  # the member's jobs queued or running (this one excluded); None = any
+    max_guild_jobs: int | None = None  # the server's jobs queued or running; None = any
 
 
 @dataclass

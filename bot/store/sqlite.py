@@ -43,7 +43,14 @@ from typing import Any, Literal, TypeVar
 
 import aiosqlite
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import (
+    BudgetExhaustedError,
+    DefaultModelDisabledError,
+    InsufficientCreditsError,
+    ModelDisabledError,
+    ServerQueueFullError,
+    TooManyJobsError,
+)
 from bot.store.base import Store
 from bot.store.records import (
     ACTIVE_STATUSES,
@@ -87,6 +94,7 @@ _UPDATABLE_JOB_FIELDS = frozenset(
         "error_key",
         "error_detail",
         "cancel_requested",
+        "posted_count",
         "started_at",
         "submitted_at",
         "completed_at",
@@ -144,10 +152,16 @@ SELECT :id, :guild_id, :user_id, :model, :amount, :now
 """
 _MEMBER_GUARD = f"({_MEMBER_AVAILABLE}) >= :amount"
 _BUDGET_GUARD = f"({_SERVER_SPEND}) + :amount <= :budget"
+# Jobs queued or running: exactly the holds still held (every job has one, free jobs too). Counted in the
+# guarded insert itself, so a burst of requests cannot all see room for one more.
+_MEMBER_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')"
+_GUILD_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND state = 'held')"
+_QUEUE_GUARD = f"{_MEMBER_JOBS} < :max_member_jobs AND {_GUILD_JOBS} < :max_guild_jobs"
 
 # What a refused member is told, read in the refused transaction itself (no row when the hold went in).
 _LIMIT_FIGURES = f"""
-SELECT {_MEMBER_AVAILABLE} AS available, {_SERVER_SPEND} AS spent
+SELECT {_MEMBER_AVAILABLE} AS available, {_SERVER_SPEND} AS spent, {_MEMBER_JOBS} AS member_jobs,
+       {_GUILD_JOBS} AS guild_jobs
 WHERE NOT EXISTS (SELECT 1 FROM holds WHERE job_id = :id)
 """
 
@@ -160,8 +174,9 @@ UPDATE jobs SET
     charged = CASE WHEN :status = 'delivered' THEN min(:delivered, count) * price ELSE 0 END,
     error_key = :error_key,
     error_detail = :error_detail,
+    interaction_token = NULL,  -- a secret no longer needed once the job ended
     finished_at = :now
-WHERE id = :id AND status IN {_ACTIVE_SQL}
+WHERE id = :id AND status IN {_ACTIVE_SQL} AND (:expect IS NULL OR status = :expect)
 RETURNING *
 """
 _MEMBER_TOTALS = f"""
@@ -356,7 +371,12 @@ class _Op:
         amount = self.values["amount"]
         if figures is None:
             return RuntimeError(f"hold for job {self.values['id']}: no figures for a refused hold")
-        available, spent = figures
+        available, spent, member_jobs, guild_jobs = figures
+        limits = self.limits
+        if limits is not None and limits.max_member_jobs is not None and member_jobs >= limits.max_member_jobs:
+            return TooManyJobsError(limit=limits.max_member_jobs)
+        if limits is not None and limits.max_guild_jobs is not None and guild_jobs >= limits.max_guild_jobs:
+            return ServerQueueFullError(limit=limits.max_guild_jobs)
         if self.check_member and available < amount:
             return InsufficientCreditsError(needed=amount, available=max(available, 0))
         budget = self.limits.budget if self.limits is not None else None
@@ -588,7 +608,7 @@ class SqliteStore(Store):
             marks = ", ".join("?" * len(finish_ids))
             calls.append(
                 db.execute_fetchall(
-                    f"SELECT id FROM jobs WHERE id IN ({marks}) AND status IN {_ACTIVE_SQL}", finish_ids
+                    f"SELECT id, status FROM jobs WHERE id IN ({marks}) AND status IN {_ACTIVE_SQL}", finish_ids
                 )
             )
             calls.append(db.executemany(_FINISH_JOB, [op.values for op in finishes]))
@@ -607,12 +627,13 @@ class SqliteStore(Store):
 
         outcome: dict[int, Any] = {}
         if finishes:
-            was_active = {row[0] for row in results[0]}
+            was_active = {row[0]: row[1] for row in results[0]}
             finished = {row["id"]: row for row in results[2]}
             for op in finishes:
                 job_id = op.values["id"]
-                if job_id in was_active:
-                    was_active.discard(job_id)  # a second settlement in the same batch is a no-op
+                expected = op.values["expect"]
+                if job_id in was_active and expected in (None, was_active[job_id]):
+                    del was_active[job_id]  # a second settlement in the same batch is a no-op
                     outcome[id(op)] = _job_from_row(finished[job_id])
                 else:
                     outcome[id(op)] = None
@@ -657,7 +678,12 @@ class SqliteStore(Store):
         # without a budget never pays for summing its spend.
         check_member = limits.allowance is not None and amount > 0
         check_budget = limits.budget is not None and amount > 0
-        guards = [g for g, on in ((_MEMBER_GUARD, check_member), (_BUDGET_GUARD, check_budget)) if on]
+        check_queue = limits.max_member_jobs is not None or limits.max_guild_jobs is not None
+        guards = [
+            g
+            for g, on in ((_QUEUE_GUARD, check_queue), (_MEMBER_GUARD, check_member), (_BUDGET_GUARD, check_budget))
+            if on
+        ]
         hold_sql = _INSERT_HOLD + ("WHERE " + " AND ".join(guards) if guards else "")
         params_json = _dump(job.params)
         options_json = _dump(job.options)
@@ -673,6 +699,9 @@ class SqliteStore(Store):
             budget=limits.budget,
             budget_start=limits.budget_period_start,
             budget_bucket=_bucket_after(limits.budget_period_start),
+            # SQLite integers are 64-bit: "no limit" is a count no server reaches.
+            max_member_jobs=limits.max_member_jobs if limits.max_member_jobs is not None else 2**62,
+            max_guild_jobs=limits.max_guild_jobs if limits.max_guild_jobs is not None else 2**62,
         )
 
         return await self._submit(
@@ -696,6 +725,7 @@ class SqliteStore(Store):
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
         now: float,
     ) -> JobRecord | None:
         status = JobStatus(status)
@@ -709,6 +739,7 @@ class SqliteStore(Store):
             "delivered": delivered_count if status is JobStatus.DELIVERED else 0,
             "error_key": error_key,
             "error_detail": error_detail,
+            "expect": None if expect is None else JobStatus(expect).value,
             "now": now,
         }
 
@@ -939,6 +970,10 @@ class SqliteStore(Store):
         )
 
         async def body(db: aiosqlite.Connection) -> GuildPolicy:
+            if "default_model" in changes and changes["default_model"] is not None:
+                current = await self._policy_in(db, guild_id)
+                if not current.is_model_allowed(changes["default_model"]):
+                    raise ModelDisabledError(model=changes["default_model"])
             _, _, rows = await self._pipeline(
                 db.execute(upsert, (guild_id, *columns.values())),
                 self._audit(db, guild_id, actor_id, "policy.update", detail, now),
@@ -948,8 +983,20 @@ class SqliteStore(Store):
 
         return await self._write(body)
 
+    async def _policy_in(self, db: aiosqlite.Connection, guild_id: int) -> GuildPolicy:
+        """The policy as the write transaction on `db` sees it (for checks that must not race)."""
+        rows = await db.execute_fetchall(_GET_POLICY, {"guild_id": guild_id})
+        return _policy_from_row(guild_id, next(iter(rows)))
+
     async def set_model_rule(
-        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+        self,
+        guild_id: int,
+        model: str,
+        allowed: bool | None,
+        *,
+        actor_id: int,
+        now: float,
+        fallback_default: str | None = None,
     ) -> GuildPolicy:
         if allowed is None:
             db_sql = "DELETE FROM model_rules WHERE guild_id = ? AND model = ?"
@@ -963,6 +1010,10 @@ class SqliteStore(Store):
         detail = {"model": model, "allowed": allowed}
 
         async def body(db: aiosqlite.Connection) -> GuildPolicy:
+            if allowed is False:
+                current = await self._policy_in(db, guild_id)
+                if model == (current.default_model or fallback_default):
+                    raise DefaultModelDisabledError(model=model)
             _, _, rows = await self._pipeline(
                 db.execute(db_sql, args),
                 self._audit(db, guild_id, actor_id, "policy.model_rule", detail, now),

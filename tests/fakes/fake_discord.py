@@ -976,6 +976,19 @@ class Fault:
         self.remaining = 0
 
 
+@dataclass
+class Hold:
+    """Matching requests wait (as behind an exhausted rate-limit bucket) until :meth:`release`."""
+
+    match: Callable[[RecordedRequest], bool]
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    hits: int = 0
+
+    def release(self) -> None:
+        self.released.set()
+
+
 # --------------------------------------------------------------------------------------------------
 # Interactions
 
@@ -1174,6 +1187,7 @@ class FakeDiscord:
         self.interactions: list[FakeInteraction] = []
         self.attachments: dict[int, FakeAttachment] = {}
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []
         self.gateway_connections: list[GatewayConnection] = []
         self.identify_count = 0
         self.resume_count = 0
@@ -1298,6 +1312,8 @@ class FakeDiscord:
 
     async def close(self) -> None:
         """Close gateway connections and stop the server."""
+        for hold in self.holds:
+            hold.release()  # nothing may stay parked in a handler
         for conn in self.gateway_connections:
             if not conn.ws.closed:
                 await conn.ws.close(code=1001)
@@ -1468,6 +1484,24 @@ class FakeDiscord:
         fault = Fault(predicate, status, body, dict(headers or {}), times)
         self.faults.append(fault)
         return fault
+
+    def hold_requests(self, match: str | Callable[[RecordedRequest], bool]) -> Hold:
+        """Keep matching requests waiting until the returned hold is released (Discord slowing a route)."""
+        if isinstance(match, str):
+            rx = re.compile(match)
+
+            def predicate(r: RecordedRequest) -> bool:
+                return bool(rx.search(f"{r.method} {r.path}"))
+        else:
+            predicate = match
+        hold = Hold(predicate)
+        self.holds.append(hold)
+        return hold
+
+    def drop_connections(self, match: str | Callable[[RecordedRequest], bool], *, times: int | None = 1) -> Fault:
+        """Reset the connection of matching requests without answering (a network failure: the client
+        sees a connection error, not an HTTP status)."""
+        return self.inject_fault(match, status=0, body=None, times=times)
 
     def rate_limit_next(
         self, match: str | Callable[[RecordedRequest], bool], *, retry_after: float = 0.05, is_global: bool = False
@@ -2260,11 +2294,21 @@ class FakeDiscord:
                     handler, params, rec.route = candidate, match.groupdict(), template
                     break
         response: web.Response
+        for hold in self.holds:
+            if not hold.released.is_set() and hold.match(rec):
+                hold.hits += 1
+                hold.arrived.set()
+                await hold.released.wait()
         fault = next((f for f in self.faults if f.remaining != 0 and f.match(rec)), None)
         if fault is not None:
             fault.hits += 1
             if fault.remaining is not None:
                 fault.remaining -= 1
+            if fault.status == 0:  # drop_connections: no answer at all
+                self.requests.append(rec)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("fake Discord dropped the connection")
             response = _json_response(fault.body, fault.status, fault.headers)
         elif handler is None:
             response = _error(404, 0, "404: Not Found" if not request.path.startswith(prefix) else "Unknown")
