@@ -20,6 +20,7 @@ from bot.catalog import CatalogError
 from bot.config import Settings
 from bot.errors import StartupError
 from bot.logs import configure_logging
+from bot.ops.runtime import ops_running
 from bot.services import Services
 from bot.store import open_store
 
@@ -46,7 +47,17 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
     timeout = aiohttp.ClientTimeout(total=None, connect=30)
     async with aiohttp.ClientSession(timeout=timeout) as session, open_store(settings.database_url) as store:
         services = Services.build(settings, session, store)
-        async with ImagineBot(settings, services) as bot:
+        async with (
+            ImagineBot(settings, services) as bot,
+            ops_running(
+                settings,
+                services.metrics,
+                store,
+                discord_ready=lambda: bot.is_ready() and not bot.is_closed(),
+                dispatching=lambda: services.jobs.dispatching,
+            ) as health,
+        ):
+            bot.health = health
             loop = asyncio.get_running_loop()
             handled = []
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -24,7 +24,7 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin")
+EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin", "cogs.operator")
 
 # What the bot needs in a channel to post results (see docs: discord-facts.md).
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -113,6 +113,7 @@ class ImagineBot(commands.Bot):
         self.settings = settings
         self.services = services
         self._closing = False
+        self.health: Any = None  # the health server (bot.ops.health), when HEALTH_PORT is set
 
     async def setup_hook(self) -> None:
         for extension in EXTENSIONS:

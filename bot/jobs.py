@@ -20,15 +20,19 @@ from typing import Protocol
 from bot.errors import (
     BotError,
     DeliveryError,
+    GenerationPausedError,
     InterruptedJobError,
     JobCancelledError,
     JobNotFoundError,
     NotJobOwnerError,
+    RequestError,
     ShuttingDownError,
 )
 from bot.gateway import GatewayClient
 from bot.images import ImageData
 from bot.ledger import Ledger
+from bot.ops.hooks import JobHooks
+from bot.ops.logctx import job_context, set_job_context
 from bot.polling import PollPlanner
 from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
@@ -82,7 +86,10 @@ class JobService:
         limits: ConcurrencyLimits,
         progress_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
+        hooks: JobHooks | None = None,
     ) -> None:
+        self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
+        self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
         self._store = store
         self._ledger = ledger
         self._gateway = gateway
@@ -142,6 +149,20 @@ class JobService:
     def accepting(self) -> bool:
         return not self._stopping
 
+    def wake(self) -> None:
+        """Look at the queue again now (e.g. after the kill switch is turned off)."""
+        self._wake.set()
+
+    @property
+    def dispatching(self) -> bool:
+        """The dispatcher is running (the readiness probe asks)."""
+        return self._dispatcher is not None and not self._dispatcher.done()
+
+    @property
+    def running_here(self) -> int:
+        """Jobs this process is working on right now."""
+        return len(self._tasks)
+
     async def join(self, job_id: str) -> None:
         """Wait until this process has finished working on `job_id` (settled, or left for recovery)."""
         task = self._tasks.get(job_id)
@@ -159,7 +180,15 @@ class JobService:
         """
         if self._stopping:
             raise ShuttingDownError()
-        record = await self._ledger.hold_for_job(job, role_ids)
+        if await self.hooks.paused():
+            raise GenerationPausedError()
+        try:
+            with job_context(job.id, job.guild_id, job.model):
+                record = await self._ledger.hold_for_job(job, role_ids)
+        except RequestError as error:
+            await self.hooks.refused(job, error)
+            raise
+        self.hooks.held(record)
         log.info(
             "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
             record.id,
@@ -234,7 +263,9 @@ class JobService:
                 await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
-        for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
+        # The kill switch: queued jobs wait (their members may cancel); running ones go on to the end.
+        startable = [] if queued and await self.hooks.paused() else queued
+        for job in pick_jobs_to_start(startable, running, self._limits, self._last_started):
             claimed = await self._store.update_job(
                 job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
             )
@@ -281,6 +312,7 @@ class JobService:
 
     async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
         """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
+        set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
             images = await self._obtain_images(job, reporter, resume=resume)
@@ -304,6 +336,7 @@ class JobService:
         finally:
             self._reporters.pop(job.id, None)
             self._delivering.discard(job.id)
+            self._polls.pop(job.id, None)
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
@@ -328,11 +361,18 @@ class JobService:
         submitted_at = job.submitted_at or self._clock()
         reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
+        polling = job
+
+        async def count_poll(_: float) -> None:
+            self._polls[polling.id] = (self._polls.get(polling.id, (0, None))[0] + 1, None)
+
         result = await self._gateway.wait_for_result(
-            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at)
+            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at), on_poll=count_poll
         )
         # The gateway's estimate excludes our own detection lag, which would teach the schedule to poll late.
         duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
+        lag = max(0.0, self._clock() - submitted_at - duration) if result.finished_after is not None else None
+        self._polls[job.id] = (self._polls.get(job.id, (0, None))[0], lag)
         await self._planner.record(job.model, max(0.0, duration))
         await self._store.update_job(job.id, completed_at=self._clock())
         if result.images:
@@ -363,6 +403,8 @@ class JobService:
         settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=delivered)
         if settled is not None:
             log.info("job delivered id=%s model=%s images=%s charged=%s", job.id, job.model, delivered, settled.charged)
+            polls, lag = self._polls.get(job.id, (0, None))
+            await self.hooks.finished(settled, None, polls=polls, detection_lag=lag)
 
     async def _settle_failure(self, job: JobRecord, error: BotError, *, status: JobStatus = JobStatus.FAILED) -> None:
         reporter = self._reporters.pop(job.id, None)
@@ -373,6 +415,7 @@ class JobService:
         )
         if settled is None:
             return  # already settled elsewhere: the member has been told
+        await self.hooks.finished(settled, error, polls=self._polls.get(job.id, (0, None))[0])
         try:
             await self._require_presenter().show_failure(settled, error)
         except Exception:

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from bot.ops.logctx import JobContextFilter
+
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 
@@ -55,6 +57,7 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None
     handler.setFormatter(
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    handler.addFilter(JobContextFilter())  # job id, server id and model on every line about a job
     handler.addFilter(RedactSecrets(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]

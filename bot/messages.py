@@ -24,9 +24,28 @@ EN: dict[str, str] = {
     "error.invalid_option": "`{value}` is not a valid {option} for `{model}`. Choose one of: {allowed}.",
     "error.unsupported_option": "`{model}` does not take the option {option}. Leave it out.",
     "error.invalid_count": "`{model}` makes 1 to {limit} images per request; you asked for {count}.",
-    "error.insufficient_credits": "This needs {needed} credits and you have {available} available.",
+    "error.insufficient_credits": (
+        "This needs {needed} credits and you have {available} available. Nothing was charged."
+    ),
     "error.budget_exhausted": (
-        "This server has reached its image budget for now ({remaining} credits left, {needed} needed)."
+        "This server has reached its image budget for now ({remaining} credits left, {needed} needed). "
+        "Nothing was charged."
+    ),
+    "error.server_cap": (
+        "This server has reached the limit the bot's operator set for it ({remaining} credits left, "
+        "{needed} needed). Nothing was charged."
+    ),
+    "error.bot_daily_cap": "The bot has reached its spending limit for today (UTC). Nothing was charged.",
+    "error.bot_monthly_cap": "The bot has reached its spending limit for this month (UTC). Nothing was charged.",
+    "error.guild_not_approved": (
+        "The bot's operator has not approved this server for image generation yet. Nothing was charged."
+    ),
+    "error.generation_paused": (
+        "The bot's operator has paused image generation for now. Try again later; nothing was charged."
+    ),
+    "error.not_operator": "Only the bot's operator can do that.",
+    "error.above_operator_cap": (
+        "`{value}` is above the limit the bot's operator set for this server ({cap}). Nothing was changed."
     ),
     "error.blocked_prompt": "Your prompt contains words this server does not allow. Nothing was charged.",
     "error.too_many_jobs": "You already have {limit} images waiting. Wait for one to finish.",
@@ -144,6 +163,41 @@ EN: dict[str, str] = {
     "admin.model_enabled": "`{model}` is allowed on this server.",
     "admin.model_disabled": "`{model}` is refused on this server.",
     "job.already_finished": "This job has already finished.",
+    "admin.log_channel_set": "Budget notices and admin changes now go to {channel}.",
+    "admin.log_channel_removed": "This server no longer has a log channel.",
+    # The operator's seat
+    "operator.spend_title": "Spend: {today} credits today, {month} this month (UTC) · {held} held now",
+    "operator.by_server": "By server (today / month)",
+    "operator.by_model": "By model (today / month)",
+    "operator.none": "nothing yet",
+    "operator.caps": (
+        "Bot: {daily} per day, {monthly} per month (UTC) · default per server: {guild_default} · access: {access}"
+    ),
+    "operator.cap_line": "Server {guild}: cap {cap} · {approved}",
+    "operator.approved": "approved",
+    "operator.not_approved": "not approved",
+    "operator.no_cap": "none",
+    "operator.cap_set": "Server {guild}'s cap: {cap}.",
+    "operator.server_approved": "Server {guild} is approved.",
+    "operator.server_removed": "Server {guild} is no longer approved.",
+    "operator.paused": "Generation is paused: no new jobs start; running ones finish.",
+    "operator.resumed": "Generation is running again.",
+    "operator.fleet": "Jobs running: {running} · queued: {queued} · generation {state}",
+    "operator.fleet_process": "Process `{name}`: alive, {running} job(s) here",
+    "operator.state_paused": "paused",
+    "operator.state_running": "running",
+    "operator.invalid_guild": "`{value}` is not a server id.",
+    # Alerts (to the operator, and to a server's log channel)
+    "alert.gateway_auth": (
+        "⚠️ The image gateway rejected the API key (401). Every job fails until GATEWAY_API_KEY is fixed."
+    ),
+    "alert.gateway_credits": "⚠️ The image gateway's credits are used up (402). Jobs fail until you top them up.",
+    "alert.model_failures": "⚠️ `{model}` failed {percent} % of its latest {jobs} jobs.",
+    "alert.bot_daily_cap": "⚠️ The bot reached OPERATOR_DAILY_CAP: requests are refused until midnight UTC.",
+    "alert.bot_monthly_cap": "⚠️ The bot reached OPERATOR_MONTHLY_CAP: requests are refused until the 1st (UTC).",
+    "alert.server_cap": "⚠️ Server {guild} reached its operator cap: its requests are refused until it resets.",
+    "log.budget": "This server has spent {percent} % of its budget: {spent} of {budget} credits this {period}.",
+    "log.audit": "<@{actor}> changed `{action}`: {detail}",
 }
 
 CATALOG: dict[str, dict[str, str]] = {"en": EN}

@@ -22,7 +22,11 @@ def test_every_error_has_a_message() -> None:
 
 def test_locale_falls_back_to_english_and_fills_parameters() -> None:
     error = errors.InsufficientCreditsError(needed=80, available=12)
-    assert error_text(error, "ko") == error_text(error, "en-US") == "This needs 80 credits and you have 12 available."
+    assert (
+        error_text(error, "ko")
+        == error_text(error, "en-US")
+        == "This needs 80 credits and you have 12 available. Nothing was charged."
+    )
 
 
 def test_missing_parameter_never_crashes() -> None:
