@@ -182,22 +182,22 @@ class JobService:
             raise ShuttingDownError()
         if await self.hooks.paused():
             raise GenerationPausedError()
-        try:
-            with job_context(job.id, job.guild_id, job.model):
+        with job_context(job.id, job.guild_id, job.model):
+            try:
                 record = await self._ledger.hold_for_job(job, role_ids)
-        except RequestError as error:
-            await self.hooks.refused(job, error)
-            raise
-        self.hooks.held(record)
-        log.info(
-            "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
-            record.id,
-            record.guild_id,
-            record.user_id,
-            record.model,
-            record.count,
-            record.hold_amount,
-        )
+            except RequestError as error:
+                await self.hooks.refused(job, error)
+                raise
+            self.hooks.held(record)
+            log.info(
+                "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
+                record.id,
+                record.guild_id,
+                record.user_id,
+                record.model,
+                record.count,
+                record.hold_amount,
+            )
         self._wake.set()
         return record
 

@@ -53,6 +53,7 @@ class Services:
             failure_rate=settings.operator_alert_failure_rate,
             failure_window=settings.operator_alert_failure_window,
         )
+        alerts.caps = caps
         if settings.operator_alert_webhook_url is not None:
             alerts.operator_sink = WebhookSink(session, settings.operator_alert_webhook_url)
         operator = OperatorService(store, caps, metrics)

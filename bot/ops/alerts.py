@@ -35,6 +35,7 @@ from bot.errors import (
 )
 from bot.ledger import Ledger, period_bounds
 from bot.messages import text
+from bot.ops.caps import CapsPolicy
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ class Alerts:
         self._failure_rate = failure_rate
         self._window = failure_window
         self._clock = clock
+        self.caps: CapsPolicy | None = None  # names the period of a server's cap
         self.operator_sink: OperatorSink | None = None
         self.guild_sink: GuildSink | None = None
         self._open_incidents: set[str] = set()
@@ -139,7 +141,8 @@ class Alerts:
             key, start = "alert.bot_monthly_cap", period_bounds("month", now)[0]
             claim = f"cap.bot.month:{start:.0f}"
         elif isinstance(error, ServerCapReachedError):
-            key, start = "alert.server_cap", period_bounds("day", now)[0]
+            cap = None if self.caps is None else await self.caps.guild_cap(guild_id)
+            key, start = "alert.server_cap", period_bounds(cap.period if cap else "day", now)[0]
             claim = f"cap.guild.{guild_id}:{start:.0f}"
         else:
             return
@@ -156,12 +159,10 @@ class Alerts:
         if budget is None or budget.unlimited or not budget.amount:
             return
         percent = status.spent * 100 // budget.amount
-        start = (status.resets_at or 0) - 1  # one claim per period: the reset time names it
+        period = f"{status.resets_at or 0:.0f}"  # one claim per threshold and period: its reset time names it
         crossed = [t for t in BUDGET_THRESHOLDS if percent >= t]
-        if not crossed:
-            return
         claimed = [
-            t for t in crossed if await self._store.claim_alert(f"budget.{guild_id}:{start:.0f}:{t}", now=self._clock())
+            t for t in crossed if await self._store.claim_alert(f"budget.{guild_id}:{period}:{t}", now=self._clock())
         ]
         if claimed:  # several crossed at once: one message, for the highest
             await self._to_guild(
