@@ -110,10 +110,11 @@ class Alerts:
         if error is None:
             self._open_incidents.discard("gateway.401")
             self._open_incidents.discard("gateway.402")
-        if error is None or isinstance(error, GatewayError):
-            # A refusal of the prompt itself says nothing about the model's health.
-            failed = error is not None and not isinstance(error, ContentPolicyError | RequestRejectedError)
-            await self._model_outcome(model, failed)
+        # A refused prompt says nothing about the model's health, and a rejected key or exhausted credits
+        # fail every model at once: those are one incident of their own, not one per model.
+        not_the_model = ContentPolicyError | RequestRejectedError | GatewayAuthError | GatewayCreditsExhaustedError
+        if error is None or (isinstance(error, GatewayError) and not isinstance(error, not_the_model)):
+            await self._model_outcome(model, error is not None)
         if error is None:
             await self.budget_check(guild_id)
 
