@@ -79,7 +79,11 @@ def main() -> None:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=(settings.discord_token.get_secret_value(), settings.gateway_api_key.get_secret_value()),
+        secrets=(
+            settings.discord_token.get_secret_value(),
+            settings.gateway_api_key.get_secret_value(),
+            *([settings.operator_alert_webhook_url.get_secret_value()] if settings.operator_alert_webhook_url else []),
+        ),
     )
     try:
         asyncio.run(run(settings))

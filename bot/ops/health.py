@@ -40,11 +40,8 @@ class HealthServer:
         app.router.add_get("/metrics", self._metrics_page)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, self._port)
-        await site.start()
-        server = site._server  # aiohttp keeps the bound socket here; needed for port 0
-        if server is not None and getattr(server, "sockets", None):
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        await web.TCPSite(self._runner, self._host, self._port).start()
+        self.port = self._runner.addresses[0][1]  # the port actually bound (HEALTH_PORT=0 picks one)
         log.info("health and metrics on http://%s:%s", self._host, self.port)
         return self
 

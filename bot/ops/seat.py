@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from bot.errors import BotError, RequestError
+from bot.errors import BotError, InvalidValueError, RequestError
 from bot.ledger import period_bounds
 from bot.ops.alerts import Alerts
 from bot.ops.caps import CapsPolicy
@@ -23,7 +23,7 @@ from bot.ops.hooks import JobHooks
 from bot.ops.metrics import Metrics
 from bot.policy import check_allowance
 from bot.store.base import Store
-from bot.store.records import Allowance, GuildOps, JobRecord, JobStatus, NewJob, SpendLine
+from bot.store.records import GuildOps, JobRecord, JobStatus, NewJob, SpendLine
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +110,9 @@ class OperatorService:
 
     async def set_guild_cap(self, guild_id: int, actor_id: int, amount: int | None, period: str | None) -> GuildOps:
         """Cap one server (period None removes its own cap: the settings' default applies again)."""
-        cap: Allowance | None = None
-        if period is not None:
-            if period == "unlimited":
-                period = None
-            else:
-                cap = check_allowance(amount, period)
+        if period == "unlimited":
+            raise InvalidValueError(option="period", value=period, allowed="day, week, month")
+        cap = None if period is None else check_allowance(amount, period)
         return await self._store.set_guild_ops(guild_id, actor_id=actor_id, now=self._clock(), cap=cap)
 
     async def set_approved(self, guild_id: int, actor_id: int, approved: bool) -> GuildOps:

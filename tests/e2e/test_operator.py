@@ -260,3 +260,10 @@ async def test_metrics_count_what_happened(world: World) -> None:
     assert value("imagine_detection_lag_seconds_count", model=XAI) == 1
     assert value("imagine_event_loop_lag_seconds_count") >= 0
     assert ("imagine_discord_rate_limited_total", ()) in samples
+
+
+async def test_a_server_id_that_is_not_one_is_refused_and_nothing_is_written(world: World) -> None:
+    await start_with_operator(world)
+    content = await says(world, "operator approve", {"server": "my server"}, user=operator_of(world))
+    assert content == "`my server` is not a valid server: use a server id (digits)."
+    assert await world.store.all_guild_ops() == []
