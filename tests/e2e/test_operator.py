@@ -267,3 +267,23 @@ async def test_a_server_id_that_is_not_one_is_refused_and_nothing_is_written(wor
     content = await says(world, "operator approve", {"server": "my server"}, user=operator_of(world))
     assert content == "`my server` is not a valid server: use a server id (digits)."
     assert await world.store.all_guild_ops() == []
+
+
+async def test_spend_and_caps_show_what_the_operator_set_and_what_was_spent(world: World) -> None:
+    await start_with_operator(world, operator_daily_cap=1000, guild_access="allowlist")
+    gid = guild_id(world)
+    operator = operator_of(world)
+    await says(world, "operator approve", {"server": str(gid)}, user=operator)
+    await says(world, "operator cap", {"server": str(gid), "period": "week", "amount": 300}, user=operator)
+    await deliver(world, "a harbour", user=world.fd.alice, model=GEMINI)
+    await deliver(world, "a boat", user=world.fd.bob, model="gpt-image-1-mini")
+
+    spend = (await says(world, "operator spend", user=operator)).splitlines()
+    assert spend[0] == "Spend: 47 credits today, 47 this month (UTC) · 0 held now"
+    assert f"`{gid}` · 47 / 47" in spend
+    assert f"`{GEMINI}` · 39 / 39" in spend and "`gpt-image-1-mini` · 8 / 8" in spend
+    caps = (await says(world, "operator caps", user=operator)).splitlines()
+    assert caps == [
+        "Bot: 1000 per day, none per month (UTC) · default per server: none · access: allowlist",
+        f"Server {gid}: cap 300/week · approved",
+    ]
