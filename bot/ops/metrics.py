@@ -75,8 +75,14 @@ class Metrics:
             self.event_loop_lag_seconds.observe(max(0.0, time.monotonic() - started - interval))
 
 
+# discord.py reports a REST 429 only in its logs: the bot's requests in discord.http, interaction
+# webhooks (replies, edits, follow-ups) in discord.webhook.async_.
+RATE_LIMIT_LOGGERS = ("discord.http", "discord.webhook.async_")
+_RATE_LIMIT_MARKERS = ("responded with 429", "is rate limited")
+
+
 class DiscordRateLimitCounter(logging.Handler):
-    """Counts discord.py's "responded with 429" log records: the one place it reports a REST 429."""
+    """Counts discord.py's log records of a REST 429 (attach it to the RATE_LIMIT_LOGGERS)."""
 
     def __init__(self, metrics: Metrics) -> None:
         super().__init__(level=logging.DEBUG)
@@ -84,5 +90,5 @@ class DiscordRateLimitCounter(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
-            if "responded with 429" in record.getMessage():
+            if any(marker in record.getMessage() for marker in _RATE_LIMIT_MARKERS):
                 self._metrics.discord_rate_limited.inc()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from bot.config import Settings
 from bot.ops.health import HealthServer
-from bot.ops.metrics import DiscordRateLimitCounter, Metrics
+from bot.ops.metrics import RATE_LIMIT_LOGGERS, DiscordRateLimitCounter, Metrics
 from bot.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -35,8 +35,8 @@ async def ops_running(
         return {"discord": discord_ready(), "store": store_ok, "dispatching": dispatching()}
 
     counter = DiscordRateLimitCounter(metrics)
-    discord_http = logging.getLogger("discord.http")
-    discord_http.addHandler(counter)
+    for name in RATE_LIMIT_LOGGERS:
+        logging.getLogger(name).addHandler(counter)
     watch = asyncio.create_task(metrics.watch_event_loop(), name="event-loop-watch")
     try:
         if settings.health_port is None:
@@ -45,7 +45,8 @@ async def ops_running(
             async with HealthServer(settings.health_host, settings.health_port, metrics, readiness) as server:
                 yield server
     finally:
-        discord_http.removeHandler(counter)
+        for name in RATE_LIMIT_LOGGERS:
+            logging.getLogger(name).removeHandler(counter)
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
