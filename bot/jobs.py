@@ -361,10 +361,10 @@ class JobService:
         submitted_at = job.submitted_at or self._clock()
         reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
-        polling = job
+        job_id = job.id
 
         async def count_poll(_: float) -> None:
-            self._polls[polling.id] = (self._polls.get(polling.id, (0, None))[0] + 1, None)
+            self._polls[job_id] = (self._polls.get(job_id, (0, None))[0] + 1, None)
 
         result = await self._gateway.wait_for_result(
             job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at), on_poll=count_poll

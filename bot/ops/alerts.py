@@ -45,6 +45,7 @@ GuildSink = Callable[[int, str], Awaitable[None]]  # (channel id, text)
 
 BUDGET_THRESHOLDS = (100, 80, 50)  # percent, highest first
 AUDIT_FORWARD_BATCH = 20
+WEBHOOK_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 class WebhookSink:
@@ -56,7 +57,9 @@ class WebhookSink:
 
     async def __call__(self, content: str) -> None:
         async with self._session.post(
-            self._url.get_secret_value(), json={"content": content, "allowed_mentions": {"parse": []}}
+            self._url.get_secret_value(),
+            json={"content": content, "allowed_mentions": {"parse": []}},
+            timeout=WEBHOOK_TIMEOUT,  # an alert never holds up the job that raised it for long
         ) as resp:
             if resp.status >= 300:
                 log.warning("the operator alert webhook answered HTTP %s", resp.status)
