@@ -260,7 +260,11 @@ class JobService:
             unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
             if unacknowledged and now - job.created_at > UNACKNOWLEDGED_AFTER:
                 log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
-                await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
+                released = await self._ledger.settle(
+                    job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key
+                )
+                if released is not None:
+                    await self.hooks.finished(released, InterruptedJobError())
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
         # The kill switch: queued jobs wait (their members may cancel); running ones go on to the end.
@@ -434,8 +438,10 @@ class JobService:
             if job.status == JobStatus.DELIVERING:
                 seen = await presenter.delivered_count(job)
                 if seen:
-                    await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
+                    settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
                     log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
+                    if settled is not None:
+                        await self.hooks.finished(settled, None)
                     continue
                 if job.mode == "async" and job.operation_id:
                     # Not posted yet: fetch the finished operation again and deliver it once.
