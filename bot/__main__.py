@@ -21,6 +21,7 @@ from bot.config import Settings
 from bot.errors import StartupError
 from bot.logs import configure_logging
 from bot.net import guarded_session
+from bot.ops.runtime import ops_running
 from bot.services import Services
 from bot.store import open_store
 
@@ -51,7 +52,17 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
         open_store(settings.database_url) as store,
     ):
         services = Services.build(settings, session, store, downloads=downloads)
-        async with ImagineBot(settings, services) as bot:
+        async with (
+            ImagineBot(settings, services) as bot,
+            ops_running(
+                settings,
+                services.metrics,
+                store,
+                discord_ready=lambda: bot.is_ready() and not bot.is_closed(),
+                dispatching=lambda: services.jobs.dispatching,
+            ) as health,
+        ):
+            bot.health = health
             loop = asyncio.get_running_loop()
             handled = []
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -73,7 +84,11 @@ def main() -> None:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=(settings.discord_token.get_secret_value(), settings.gateway_api_key.get_secret_value()),
+        secrets=(
+            settings.discord_token.get_secret_value(),
+            settings.gateway_api_key.get_secret_value(),
+            *([settings.operator_alert_webhook_url.get_secret_value()] if settings.operator_alert_webhook_url else []),
+        ),
     )
     try:
         asyncio.run(run(settings))

@@ -27,7 +27,7 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin")
+EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin", "cogs.operator")
 
 # What the bot needs in a channel to post results (see docs: discord-facts.md).
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -172,6 +172,7 @@ class ImagineBot(commands.Bot):
         self._background.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        self.health: Any = None  # the health server (bot.ops.health), when HEALTH_PORT is set
 
     async def setup_hook(self) -> None:
         await self.tree.set_translator(CatalogTranslator())

@@ -72,6 +72,34 @@ class BudgetExhaustedError(RequestError):
     message_key = "error.budget_exhausted"  # params: needed, remaining
 
 
+class ServerCapReachedError(RequestError):
+    message_key = "error.server_cap"  # the operator's cap on this server; params: needed, remaining
+
+
+class BotDailyCapError(RequestError):
+    message_key = "error.bot_daily_cap"  # the operator's cap on the whole bot per UTC day
+
+
+class BotMonthlyCapError(RequestError):
+    message_key = "error.bot_monthly_cap"  # the operator's cap on the whole bot per UTC month
+
+
+class GuildNotApprovedError(RequestError):
+    message_key = "error.guild_not_approved"  # GUILD_ACCESS=allowlist and the operator did not approve this server
+
+
+class GenerationPausedError(RequestError):
+    message_key = "error.generation_paused"  # the operator's kill switch
+
+
+class NotOperatorError(RequestError):
+    message_key = "error.not_operator"
+
+
+class AboveOperatorCapError(RequestError):
+    message_key = "error.above_operator_cap"  # params: value, cap (an admin's budget or allowance)
+
+
 class BlockedPromptError(RequestError):
     message_key = "error.blocked_prompt"
 

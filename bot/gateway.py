@@ -215,6 +215,7 @@ class GatewayClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._warned_statuses: set[tuple[str, str]] = set()
+        self.on_status: Callable[[str], None] | None = None  # each exchange's HTTP status, or "error" (metrics)
 
     @classmethod
     def from_settings(
@@ -290,9 +291,13 @@ class GatewayClient:
                 timeout=self._timeout(),
                 allow_redirects=False,
             ) as resp:
+                if self.on_status is not None:
+                    self.on_status(str(resp.status))
                 body = await self._read_capped(resp, limit, what)
                 return resp.status, resp.headers, body
         except aiohttp.ClientConnectorError:
+            if self.on_status is not None:
+                self.on_status("error")
             raise
         except TimeoutError as exc:  # aiohttp's timeouts subclass the builtin TimeoutError
             raise GatewayTimeoutError(f"{what}: no answer within {self.request_timeout:g}s", status=None) from exc

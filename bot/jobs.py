@@ -20,15 +20,19 @@ from typing import Protocol
 from bot.errors import (
     BotError,
     DeliveryError,
+    GenerationPausedError,
     InterruptedJobError,
     JobCancelledError,
     JobNotFoundError,
     NotJobOwnerError,
+    RequestError,
     ShuttingDownError,
 )
 from bot.gateway import GatewayClient
 from bot.images import ImageData
 from bot.ledger import Ledger
+from bot.ops.hooks import JobHooks
+from bot.ops.logctx import job_context, set_job_context
 from bot.polling import PollPlanner
 from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
@@ -92,7 +96,10 @@ class JobService:
         limits: ConcurrencyLimits,
         progress_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
+        hooks: JobHooks | None = None,
     ) -> None:
+        self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
+        self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
         self._store = store
         self._ledger = ledger
         self._gateway = gateway
@@ -166,11 +173,20 @@ class JobService:
     def accepting(self) -> bool:
         return not self._stopping
 
+    def wake(self) -> None:
+        """Look at the queue again now (e.g. after the kill switch is turned off)."""
+        self._wake.set()
+
     @property
     def dispatching(self) -> bool:
         """Whether jobs are being dispatched: recovery done, not shutting down. Before that, the front
-        end must not hold credits for new jobs."""
+        end must not hold credits for new jobs (and the readiness probe says not ready)."""
         return self._started.is_set() and not self._stopping
+
+    @property
+    def running_here(self) -> int:
+        """Jobs this process is working on right now."""
+        return len(self._tasks)
 
     async def join(self, job_id: str) -> None:
         """Wait until this process has finished working on `job_id` (settled, or left for recovery)."""
@@ -189,16 +205,24 @@ class JobService:
         """
         if self._stopping:
             raise ShuttingDownError()
-        record = await self._ledger.hold_for_job(job, role_ids)
-        log.info(
-            "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
-            record.id,
-            record.guild_id,
-            record.user_id,
-            record.model,
-            record.count,
-            record.hold_amount,
-        )
+        if await self.hooks.paused():
+            raise GenerationPausedError()
+        with job_context(job.id, job.guild_id, job.model):
+            try:
+                record = await self._ledger.hold_for_job(job, role_ids)
+            except RequestError as error:
+                await self.hooks.refused(job, error)
+                raise
+            self.hooks.held(record)
+            log.info(
+                "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
+                record.id,
+                record.guild_id,
+                record.user_id,
+                record.model,
+                record.count,
+                record.hold_amount,
+            )
         self._wake.set()
         return record
 
@@ -287,14 +311,20 @@ class JobService:
             unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
             if unacknowledged and now - job.created_at > UNACKNOWLEDGED_AFTER:
                 log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
-                await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
+                released = await self._ledger.settle(
+                    job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key
+                )
+                if released is not None:
+                    await self.hooks.finished(released, InterruptedJobError())
 
     async def _dispatch(self) -> None:
         active = await self._store.active_jobs()
         await self._release_unacknowledged(active)
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
-        for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
+        # The kill switch: queued jobs wait (their members may cancel); running ones go on to the end.
+        startable = [] if queued and await self.hooks.paused() else queued
+        for job in pick_jobs_to_start(startable, running, self._limits, self._last_started):
             claimed = await self._store.update_job(
                 job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
             )
@@ -341,6 +371,7 @@ class JobService:
 
     async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
         """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
+        set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
             images = await self._obtain_images(job, reporter, resume=resume)
@@ -368,6 +399,7 @@ class JobService:
         finally:
             self._reporters.pop(job.id, None)
             self._delivering.discard(job.id)
+            self._polls.pop(job.id, None)
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
@@ -394,15 +426,19 @@ class JobService:
         submitted_at = job.submitted_at or self._clock()
         reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
+        job_id = job.id
 
         async def after_poll(_: float) -> None:
-            await self._check_not_cancelled(job.id)  # a cancel from another process
+            self._polls[job_id] = (self._polls.get(job_id, (0, None))[0] + 1, None)
+            await self._check_not_cancelled(job_id)  # a cancel from another process
 
         result = await self._gateway.wait_for_result(
             job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at), on_poll=after_poll
         )
         # The gateway's estimate excludes our own detection lag, which would teach the schedule to poll late.
         duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
+        lag = max(0.0, self._clock() - submitted_at - duration) if result.finished_after is not None else None
+        self._polls[job.id] = (self._polls.get(job.id, (0, None))[0], lag)
         await self._planner.record(job.model, max(0.0, duration))
         await self._store.update_job(job.id, completed_at=self._clock())
         if result.images:
@@ -443,6 +479,8 @@ class JobService:
         settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=delivered)
         if settled is not None:
             log.info("job delivered id=%s model=%s images=%s charged=%s", job.id, job.model, delivered, settled.charged)
+            polls, lag = self._polls.get(job.id, (0, None))
+            await self.hooks.finished(settled, None, polls=polls, detection_lag=lag)
 
     async def _settle_failure(
         self,
@@ -463,6 +501,7 @@ class JobService:
         reporter = self._reporters.pop(job.id, None)
         if reporter is not None:
             await reporter.close()  # no late "Queued" edit may land on top of the failure
+        await self.hooks.finished(settled, error, polls=self._polls.get(job.id, (0, None))[0])
         try:
             # The stored token is cleared at settlement; the failure edit may still use it once.
             shown = replace(settled, interaction_token=job.interaction_token)
@@ -495,8 +534,10 @@ class JobService:
             # crash came between posting a message and recording it.
             seen = max(job.posted_count, await presenter.delivered_count(job) or 0)
             if seen:
-                await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
+                settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
                 log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
+                if settled is not None:
+                    await self.hooks.finished(settled, None)
                 return
             if job.mode == "async" and job.operation_id:
                 # Not posted yet: fetch the finished operation again and deliver it once.

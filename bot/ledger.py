@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.config import Settings
@@ -54,13 +55,16 @@ from bot.store.records import (
     Period,
 )
 
+if TYPE_CHECKING:
+    from bot.ops.caps import CapsPolicy
+
 log = logging.getLogger(__name__)
 
 MAX_ADJUSTMENT = 1_000_000
 UTC = ZoneInfo("UTC")
 
-# Rough length of a period in days, only to rank allowances of different periods.
-_PERIOD_DAYS = {"day": 1.0, "week": 7.0, "month": 30.4375}
+# Rough length of a period in days, only to rank allowances (and the operator's caps) of different periods.
+PERIOD_DAYS = {"day": 1.0, "week": 7.0, "month": 30.4375}
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ def _rank(allowance: Allowance) -> tuple[int, float]:
     if allowance.unlimited:
         return (1, 0.0)
     assert allowance.amount is not None
-    return (0, allowance.amount / _PERIOD_DAYS[allowance.period])
+    return (0, allowance.amount / PERIOD_DAYS[allowance.period])
 
 
 def _check_amount(amount: object) -> int:
@@ -152,6 +156,7 @@ class Ledger:
         max_queued_per_guild: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.caps: CapsPolicy | None = None  # the operator's caps (bot.ops), added to every hold when set
         self._store = store
         self._default_allowance = default_allowance
         self._max_queued_per_member = max_queued_per_member
@@ -216,6 +221,8 @@ class Ledger:
             max_member_jobs=self._max_queued_per_member,
             max_guild_jobs=self._max_queued_per_guild,
         )
+        if self.caps is not None:
+            limits = await self.caps.apply(job.guild_id, limits, now)
         return await self._store.create_job_with_hold(job, limits, now=now)
 
     async def settle(

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import IO
 
+from bot.ops.logctx import JobContextFilter
 from bot.redaction import RedactingFormatter, Redactor
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -40,6 +41,7 @@ def configure_logging(level: str, fmt: str, secrets: Iterable[str] = (), *, stre
     inner = (
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
+    handler.addFilter(JobContextFilter())  # job id, server id and model on every line about a job
     handler.setFormatter(RedactingFormatter(inner, Redactor(secrets)))
     root = logging.getLogger()
     root.handlers[:] = [handler]

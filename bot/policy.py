@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from bot.catalog import Catalog
@@ -25,6 +26,9 @@ from bot.messages import text
 from bot.moderation import compile_term
 from bot.store.base import Store
 from bot.store.records import Allowance, BlockedTerm, GuildPolicy, Period
+
+if TYPE_CHECKING:
+    from bot.ops.caps import CapsPolicy
 
 MAX_ALLOWANCE = 1_000_000
 MAX_EXPORT_DAYS = 366
@@ -88,9 +92,15 @@ class PolicyService:
         self._bot_default_model = bot_default_model
         self._blocklist_max_terms = blocklist_max_terms
         self._clock = clock
+        self.caps: CapsPolicy | None = None  # the operator's caps (bot.ops): no admin figure above them
+
+    async def _within_caps(self, guild_id: int, allowance: Allowance | None) -> None:
+        if self.caps is not None:
+            await self.caps.check_admin_figure(guild_id, allowance)
 
     async def set_default_allowance(self, guild_id: int, actor_id: int, amount: int | None, period: str) -> GuildPolicy:
         allowance = check_allowance(amount, period)
+        await self._within_caps(guild_id, allowance)
         return await self._store.update_policy(
             guild_id, actor_id=actor_id, now=self._clock(), default_allowance=allowance
         )
@@ -100,6 +110,7 @@ class PolicyService:
     ) -> Allowance | None:
         """Set a member's override (period None removes it)."""
         allowance = None if period is None else check_allowance(amount, period)
+        await self._within_caps(guild_id, allowance)
         await self._store.set_member_allowance(guild_id, user_id, allowance, actor_id=actor_id, now=self._clock())
         return allowance
 
@@ -108,12 +119,14 @@ class PolicyService:
     ) -> Allowance | None:
         """Set a role's allowance (period None removes it)."""
         allowance = None if period is None else check_allowance(amount, period)
+        await self._within_caps(guild_id, allowance)
         await self._store.set_role_allowance(guild_id, role_id, allowance, actor_id=actor_id, now=self._clock())
         return allowance
 
     async def set_budget(self, guild_id: int, actor_id: int, amount: int | None, period: str | None) -> GuildPolicy:
         """Cap the server's spend per period (period None or "unlimited" removes the cap)."""
         budget = None if period in (None, "unlimited") else check_allowance(amount, period)  # type: ignore[arg-type]
+        await self._within_caps(guild_id, budget)
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), budget=budget)
 
     async def set_model_allowed(self, guild_id: int, actor_id: int, model: str, allowed: bool) -> GuildPolicy:

@@ -397,6 +397,20 @@ class AdminCog(commands.Cog):
         await say(
             interaction, "server.language_auto" if policy.language == "auto" else "server.language_set", language=name
         )
+    @server.command(name="logchannel")
+    @admin_only
+    @app_commands.describe(channel="Where budget notices (50/80/100 %) and admin changes go; leave out to stop")
+    async def server_logchannel(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None
+    ) -> None:
+        """Set the channel that gets this server's budget notices and admin changes."""
+        assert interaction.guild_id is not None
+        channel_id = None if channel is None else channel.id
+        await self.services.operator.set_log_channel(interaction.guild_id, interaction.user.id, channel_id)
+        if channel is None:
+            await say(interaction, "admin.log_channel_removed")
+        else:
+            await say(interaction, "admin.log_channel_set", channel=channel.mention)
 
     # --- /blocklist ------------------------------------------------------------------------------------------
 

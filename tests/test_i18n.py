@@ -4,6 +4,7 @@ identical to the English, and every slash command, option and choice described i
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import discord
@@ -57,7 +58,9 @@ def _walk(command: Any) -> list[Any]:
 
 async def _translated_payloads() -> tuple[list[dict[str, Any]], list[Any]]:
     bot = commands.Bot(command_prefix="!", intents=discord.Intents.none())
-    bot.services = None  # type: ignore[attr-defined]  # the cogs only keep a reference at load time
+    # The cogs only keep references at load time; the operator cog wires its alert sinks.
+    bot.services = SimpleNamespace(alerts=SimpleNamespace(operator_sink=None))  # type: ignore[attr-defined]
+    bot.settings = SimpleNamespace(operator_alert_channel_id=None)  # type: ignore[attr-defined]
     bot.spawn = lambda work, name: asyncio.create_task(work, name=name)  # type: ignore[attr-defined]
     for extension in EXTENSIONS:
         await bot.load_extension(extension)

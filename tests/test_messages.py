@@ -22,12 +22,18 @@ def test_every_error_has_a_message() -> None:
 
 def test_an_unshipped_locale_falls_back_to_english_and_fills_parameters() -> None:
     error = errors.InsufficientCreditsError(needed=80, available=12)
-    assert error_text(error, "fr") == error_text(error, "en-US") == "This needs 80 credits and you have 12 available."
+    assert (
+        error_text(error, "fr")
+        == error_text(error, "en-US")
+        == "This needs 80 credits and you have 12 available. Nothing was charged."
+    )
 
 
 def test_korean_locale_gets_korean_with_grouped_digits() -> None:
     error = errors.InsufficientCreditsError(needed=12_000, available=3_500)
-    assert error_text(error, "ko") == "12,000 크레딧이 필요해요. 지금 쓸 수 있는 크레딧: 3,500."
+    assert error_text(error, "ko") == (
+        "12,000 크레딧이 필요해요. 지금 쓸 수 있는 크레딧: 3,500. 크레딧은 차감되지 않았어요."
+    )
 
 
 def test_an_id_placeholder_keeps_plain_digits() -> None:

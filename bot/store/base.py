@@ -19,6 +19,7 @@ from bot.store.records import (
     AuditEntry,
     BlockedTerm,
     EntryKind,
+    GuildOps,
     GuildPolicy,
     HoldLimits,
     JobRecord,
@@ -26,6 +27,7 @@ from bot.store.records import (
     LedgerEntry,
     MemberTotals,
     NewJob,
+    SpendLine,
 )
 
 
@@ -68,9 +70,14 @@ class Store(ABC):
         and the server's spend (captured since limits.budget_period_start + active holds) plus the hold
         must stay within limits.budget, when there is one; and the member's and the server's jobs
         queued or running (their held holds) must stay under limits.max_member_jobs and
-        limits.max_guild_jobs. Raises `TooManyJobsError(limit)`, `ServerQueueFullError(limit)`,
-        `InsufficientCreditsError(needed, available)` or `BudgetExhaustedError(needed, remaining)` and
-        writes nothing when any fails. Concurrent calls can never overspend nor overfill the queue.
+        limits.max_guild_jobs. The operator's caps, when set, are guarded in the same statement: the whole
+        bot's spend since limits.bot_day_start / bot_month_start plus the hold within bot_daily_cap /
+        bot_monthly_cap; the server's spend since guild_cap_start within guild_cap; and with
+        require_approval, the server must be approved (`set_guild_ops`). Raises, widest limit first,
+        `GuildNotApprovedError`, `BotDailyCapError`, `BotMonthlyCapError`, `ServerCapReachedError(needed,
+        remaining)`, `TooManyJobsError(limit)`, `ServerQueueFullError(limit)`, `InsufficientCreditsError(needed,
+        available)` or `BudgetExhaustedError(needed, remaining)`, and writes nothing when any fails.
+        Concurrent calls can never overspend nor overfill the queue.
         """
 
     @abstractmethod
@@ -101,6 +108,14 @@ class Store(ABC):
     @abstractmethod
     async def server_spend(self, guild_id: int, period_start: float) -> int:
         """The server's captured credits since `period_start` plus its active holds."""
+
+    @abstractmethod
+    async def bot_spend(self, period_start: float) -> int:
+        """Every server's captured credits since `period_start` plus all active holds (the operator's caps)."""
+
+    @abstractmethod
+    async def spend_by_guild_and_model(self, start: float) -> list[SpendLine]:
+        """Captured credits since `start` per (server, model), largest first (the operator's report)."""
 
     @abstractmethod
     async def add_adjustment(
@@ -251,3 +266,31 @@ class Store(ABC):
 
     @abstractmethod
     async def remove_blocked_term(self, guild_id: int, term_id: int, *, actor_id: int, now: float) -> bool: ...
+
+    # --- the operator's seat -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get_guild_ops(self, guild_id: int) -> GuildOps:
+        """What the operator set for a server (cap, approval) and its log channel; defaults when never set."""
+
+    @abstractmethod
+    async def all_guild_ops(self) -> list[GuildOps]:
+        """Every server with operator settings or a log channel, by id."""
+
+    @abstractmethod
+    async def set_guild_ops(self, guild_id: int, *, actor_id: int, now: float, **changes: Any) -> GuildOps:
+        """Change `cap` (an Allowance with an amount, or None), `approved` or `log_channel_id`, audited, in
+        one transaction."""
+
+    @abstractmethod
+    async def claim_alert(self, key: str, *, now: float) -> bool:
+        """Record that the alert `key` is being sent: True for the first caller ever, False after. One
+        atomic insert, so two tasks or processes never both send it."""
+
+    @abstractmethod
+    async def audit_after(self, guild_id: int, after_id: int, limit: int) -> list[AuditEntry]:
+        """A server's admin changes with id > `after_id`, oldest first (forwarded to its log channel)."""
+
+    @abstractmethod
+    async def job_counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each non-terminal status, across every process (the operator's fleet view)."""

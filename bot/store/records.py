@@ -157,6 +157,15 @@ class HoldLimits:
     budget_period_start: float = 0.0
     max_member_jobs: int | None = None  # the member's jobs queued or running (this one excluded); None = any
     max_guild_jobs: int | None = None  # the server's jobs queued or running; None = any
+    # The operator's caps (bot.ops.caps), checked in the same statement: the whole bot per UTC day and
+    # month, the server's cap set by the operator, and whether the server must be approved.
+    bot_daily_cap: int | None = None
+    bot_day_start: float = 0.0
+    bot_monthly_cap: int | None = None
+    bot_month_start: float = 0.0
+    guild_cap: int | None = None
+    guild_cap_start: float = 0.0
+    require_approval: bool = False
 
 
 @dataclass
@@ -175,6 +184,25 @@ class GuildPolicy:
 
     def is_model_allowed(self, model: str) -> bool:
         return self.model_rules.get(model, self.models_allowed_by_default)
+
+
+@dataclass(frozen=True)
+class GuildOps:
+    """What the operator set for one server, and the server's log channel. Defaults when never set."""
+
+    guild_id: int
+    cap: Allowance | None = None  # the operator's cap for this server; None: the settings' default
+    approved: bool = False  # for GUILD_ACCESS=allowlist
+    log_channel_id: int | None = None  # where the server's budget and audit notices go
+
+
+@dataclass(frozen=True)
+class SpendLine:
+    """Captured credits of one (server, model) pair since a period start, for the operator's report."""
+
+    guild_id: int
+    model: str
+    captured: int
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,14 @@ from typing import Any, Literal, TypeVar
 import aiosqlite
 
 from bot.errors import (
+    BotDailyCapError,
+    BotMonthlyCapError,
     BudgetExhaustedError,
     DefaultModelDisabledError,
+    GuildNotApprovedError,
     InsufficientCreditsError,
     ModelDisabledError,
+    ServerCapReachedError,
     ServerQueueFullError,
     TooManyJobsError,
 )
@@ -58,6 +62,7 @@ from bot.store.records import (
     AuditEntry,
     BlockedTerm,
     EntryKind,
+    GuildOps,
     GuildPolicy,
     HoldLimits,
     JobRecord,
@@ -65,6 +70,7 @@ from bot.store.records import (
     LedgerEntry,
     MemberTotals,
     NewJob,
+    SpendLine,
 )
 
 log = logging.getLogger(__name__)
@@ -139,13 +145,22 @@ _MEMBER_HELD = """
 (SELECT coalesce(sum(amount), 0) FROM holds WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')
 """
 _MEMBER_AVAILABLE = f":allowance + {_MEMBER_NET} - {_MEMBER_HELD}"
-_SERVER_SPEND = f"""
-(SELECT coalesce(sum(captured), 0) FROM guild_buckets WHERE guild_id = :guild_id AND bucket >= :budget_bucket)
+
+
+def _spend_since(start: str, *, whole_bot: bool = False) -> str:
+    """Captured since `:{start}_start` (buckets from `:{start}_bucket`) plus active holds, of the server
+    or, with `whole_bot`, of every server: the one definition behind budgets and the operator's caps."""
+    guild = "" if whole_bot else "guild_id = :guild_id AND "
+    return f"""
+(SELECT coalesce(sum(captured), 0) FROM guild_buckets WHERE {guild}bucket >= :{start}_bucket)
 + (SELECT coalesce(sum(amount), 0) FROM ledger
-   WHERE guild_id = :guild_id AND kind = 'capture'
-     AND created_at >= :budget_start AND created_at < :budget_bucket + 1 AND {_BUCKET_OF} < :budget_bucket)
-+ (SELECT coalesce(sum(amount), 0) FROM holds WHERE guild_id = :guild_id AND state = 'held')
+   WHERE {guild}kind = 'capture'
+     AND created_at >= :{start}_start AND created_at < :{start}_bucket + 1 AND {_BUCKET_OF} < :{start}_bucket)
++ (SELECT coalesce(sum(amount), 0) FROM holds WHERE {guild}state = 'held')
 """
+
+
+_SERVER_SPEND = _spend_since("budget")
 _INSERT_HOLD = """
 INSERT INTO holds (job_id, guild_id, user_id, model, amount, created_at)
 SELECT :id, :guild_id, :user_id, :model, :amount, :now
@@ -157,11 +172,20 @@ _BUDGET_GUARD = f"({_SERVER_SPEND}) + :amount <= :budget"
 _MEMBER_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')"
 _GUILD_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND state = 'held')"
 _QUEUE_GUARD = f"{_MEMBER_JOBS} < :max_member_jobs AND {_GUILD_JOBS} < :max_guild_jobs"
+# The operator's caps, in the same guarded statement as the member's and the server's.
+_GUILD_CAP_SPEND = _spend_since("cap")
+_BOT_DAY_SPEND = _spend_since("bot_day", whole_bot=True)
+_BOT_MONTH_SPEND = _spend_since("bot_month", whole_bot=True)
+_GUILD_CAP_GUARD = f"({_GUILD_CAP_SPEND}) + :amount <= :guild_cap"
+_BOT_DAY_GUARD = f"({_BOT_DAY_SPEND}) + :amount <= :bot_daily_cap"
+_BOT_MONTH_GUARD = f"({_BOT_MONTH_SPEND}) + :amount <= :bot_monthly_cap"
+_APPROVED = "EXISTS (SELECT 1 FROM guild_ops WHERE guild_id = :guild_id AND approved = 1)"
 
 # What a refused member is told, read in the refused transaction itself (no row when the hold went in).
 _LIMIT_FIGURES = f"""
 SELECT {_MEMBER_AVAILABLE} AS available, {_SERVER_SPEND} AS spent, {_MEMBER_JOBS} AS member_jobs,
-       {_GUILD_JOBS} AS guild_jobs
+       {_GUILD_JOBS} AS guild_jobs, {_GUILD_CAP_SPEND} AS cap_spent,
+       {_BOT_DAY_SPEND} AS bot_day_spent, {_BOT_MONTH_SPEND} AS bot_month_spent, {_APPROVED} AS approved
 WHERE NOT EXISTS (SELECT 1 FROM holds WHERE job_id = :id)
 """
 
@@ -352,6 +376,7 @@ class _Op:
     limits: HoldLimits | None = None
     check_member: bool = False
     check_budget: bool = False
+    check_caps: bool = False
     future: asyncio.Future[Any] = field(init=False)
 
     def record(self) -> JobRecord:
@@ -371,15 +396,26 @@ class _Op:
         amount = self.values["amount"]
         if figures is None:
             return RuntimeError(f"hold for job {self.values['id']}: no figures for a refused hold")
-        available, spent, member_jobs, guild_jobs = figures
-        limits = self.limits
-        if limits is not None and limits.max_member_jobs is not None and member_jobs >= limits.max_member_jobs:
+        limits = self.limits or HoldLimits(allowance=None, period_start=0.0)
+        # The widest limit first: a member refused by the bot's cap is told so, not that they are short.
+        if limits.require_approval and not figures["approved"]:
+            return GuildNotApprovedError()
+        daily, monthly = limits.bot_daily_cap, limits.bot_monthly_cap
+        if self.check_caps and daily is not None and figures["bot_day_spent"] + amount > daily:
+            return BotDailyCapError()
+        if self.check_caps and monthly is not None and figures["bot_month_spent"] + amount > monthly:
+            return BotMonthlyCapError()
+        cap = limits.guild_cap
+        if self.check_caps and cap is not None and figures["cap_spent"] + amount > cap:
+            return ServerCapReachedError(needed=amount, remaining=max(cap - figures["cap_spent"], 0))
+        if limits.max_member_jobs is not None and figures["member_jobs"] >= limits.max_member_jobs:
             return TooManyJobsError(limit=limits.max_member_jobs)
-        if limits is not None and limits.max_guild_jobs is not None and guild_jobs >= limits.max_guild_jobs:
+        if limits.max_guild_jobs is not None and figures["guild_jobs"] >= limits.max_guild_jobs:
             return ServerQueueFullError(limit=limits.max_guild_jobs)
+        available, spent = figures["available"], figures["spent"]
         if self.check_member and available < amount:
             return InsufficientCreditsError(needed=amount, available=max(available, 0))
-        budget = self.limits.budget if self.limits is not None else None
+        budget = limits.budget
         if self.check_budget and budget is not None and spent + amount > budget:
             return BudgetExhaustedError(needed=amount, remaining=max(budget - spent, 0))
         return RuntimeError(f"hold for job {self.values['id']} refused but no limit explains it")
@@ -679,9 +715,18 @@ class SqliteStore(Store):
         check_member = limits.allowance is not None and amount > 0
         check_budget = limits.budget is not None and amount > 0
         check_queue = limits.max_member_jobs is not None or limits.max_guild_jobs is not None
+        check_caps = amount > 0
         guards = [
             g
-            for g, on in ((_QUEUE_GUARD, check_queue), (_MEMBER_GUARD, check_member), (_BUDGET_GUARD, check_budget))
+            for g, on in (
+                (_APPROVED, limits.require_approval),
+                (_BOT_DAY_GUARD, check_caps and limits.bot_daily_cap is not None),
+                (_BOT_MONTH_GUARD, check_caps and limits.bot_monthly_cap is not None),
+                (_GUILD_CAP_GUARD, check_caps and limits.guild_cap is not None),
+                (_QUEUE_GUARD, check_queue),
+                (_MEMBER_GUARD, check_member),
+                (_BUDGET_GUARD, check_budget),
+            )
             if on
         ]
         hold_sql = _INSERT_HOLD + ("WHERE " + " AND ".join(guards) if guards else "")
@@ -702,6 +747,15 @@ class SqliteStore(Store):
             # SQLite integers are 64-bit: "no limit" is a count no server reaches.
             max_member_jobs=limits.max_member_jobs if limits.max_member_jobs is not None else 2**62,
             max_guild_jobs=limits.max_guild_jobs if limits.max_guild_jobs is not None else 2**62,
+            guild_cap=limits.guild_cap,
+            cap_start=limits.guild_cap_start,
+            cap_bucket=_bucket_after(limits.guild_cap_start),
+            bot_daily_cap=limits.bot_daily_cap,
+            bot_day_start=limits.bot_day_start,
+            bot_day_bucket=_bucket_after(limits.bot_day_start),
+            bot_monthly_cap=limits.bot_monthly_cap,
+            bot_month_start=limits.bot_month_start,
+            bot_month_bucket=_bucket_after(limits.bot_month_start),
         )
 
         return await self._submit(
@@ -714,6 +768,7 @@ class SqliteStore(Store):
                 limits=limits,
                 check_member=check_member,
                 check_budget=check_budget,
+                check_caps=check_caps,
             )
         )
 
@@ -764,6 +819,20 @@ class SqliteStore(Store):
             {"guild_id": guild_id, "budget_start": period_start, "budget_bucket": _bucket_after(period_start)},
         )
         return int(rows[0][0])
+
+    async def bot_spend(self, period_start: float) -> int:
+        rows = await self._read(
+            f"SELECT {_BOT_DAY_SPEND}", {"bot_day_start": period_start, "bot_day_bucket": _bucket_after(period_start)}
+        )
+        return int(rows[0][0])
+
+    async def spend_by_guild_and_model(self, start: float) -> list[SpendLine]:
+        rows = await self._read(
+            "SELECT guild_id, coalesce(model, '') AS model, sum(amount) AS captured FROM ledger"
+            " WHERE kind = 'capture' AND created_at >= ? GROUP BY 1, 2 ORDER BY captured DESC, guild_id, model",
+            (start,),
+        )
+        return [SpendLine(int(row[0]), row[1], int(row[2])) for row in rows]
 
     async def add_adjustment(
         self,
@@ -1075,17 +1144,7 @@ class SqliteStore(Store):
         rows = await self._read(
             "SELECT * FROM audit_log WHERE guild_id = ? ORDER BY id DESC LIMIT ?", (guild_id, limit)
         )
-        return [
-            AuditEntry(
-                id=row["id"],
-                guild_id=row["guild_id"],
-                actor_id=row["actor_id"],
-                action=row["action"],
-                detail=json.loads(row["detail"]),
-                created_at=row["created_at"],
-            )
-            for row in rows
-        ]
+        return [_audit_from_row(row) for row in rows]
 
     @staticmethod
     def _audit(
@@ -1175,3 +1234,90 @@ class SqliteStore(Store):
             return True
 
         return await self._write(body)
+
+    # --- the operator's seat -------------------------------------------------------------------------------
+
+    async def get_guild_ops(self, guild_id: int) -> GuildOps:
+        rows = await self._read("SELECT * FROM guild_ops WHERE guild_id = ?", (guild_id,))
+        return _guild_ops_from_row(guild_id, rows[0] if rows else None)
+
+    async def all_guild_ops(self) -> list[GuildOps]:
+        rows = await self._read("SELECT * FROM guild_ops ORDER BY guild_id")
+        return [_guild_ops_from_row(int(row["guild_id"]), row) for row in rows]
+
+    async def set_guild_ops(self, guild_id: int, *, actor_id: int, now: float, **changes: Any) -> GuildOps:
+        columns: dict[str, Any] = {}
+        detail: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "cap":
+                _check_allowance(value)
+                if value is not None and value.unlimited:
+                    raise ValueError("a cap has an amount and a period; None removes it")
+                columns["cap_amount"] = None if value is None else value.amount
+                columns["cap_period"] = None if value is None else value.period
+                detail["cap"] = _allowance_json(value)
+            elif name == "approved":
+                columns["approved"] = int(bool(value))
+                detail["approved"] = bool(value)
+            elif name == "log_channel_id":
+                columns["log_channel_id"] = detail["log_channel_id"] = value
+            else:
+                raise ValueError(f"set_guild_ops cannot set {name}")
+        columns["updated_at"] = now
+        names = ", ".join(columns)
+        marks = ", ".join("?" * len(columns))
+        updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
+        upsert = (
+            f"INSERT INTO guild_ops (guild_id, {names}) VALUES (?, {marks})"
+            f" ON CONFLICT (guild_id) DO UPDATE SET {updates}"
+        )
+        action = "server.log_channel" if set(changes) == {"log_channel_id"} else "operator.server"
+
+        async def body(db: aiosqlite.Connection) -> GuildOps:
+            _, _, rows = await self._pipeline(
+                db.execute(upsert, (guild_id, *columns.values())),
+                self._audit(db, guild_id, actor_id, action, detail, now),
+                db.execute_fetchall("SELECT * FROM guild_ops WHERE guild_id = ?", (guild_id,)),
+            )
+            return _guild_ops_from_row(guild_id, next(iter(rows)))
+
+        return await self._write(body)
+
+    async def claim_alert(self, key: str, *, now: float) -> bool:
+        rows = await self._single(
+            "INSERT INTO alerts_sent (key, sent_at) VALUES (?, ?) ON CONFLICT (key) DO NOTHING RETURNING key",
+            (key, now),
+        )
+        return bool(rows)
+
+    async def audit_after(self, guild_id: int, after_id: int, limit: int) -> list[AuditEntry]:
+        rows = await self._read(
+            "SELECT * FROM audit_log WHERE guild_id = ? AND id > ? ORDER BY id LIMIT ?", (guild_id, after_id, limit)
+        )
+        return [_audit_from_row(row) for row in rows]
+
+    async def job_counts(self) -> dict[JobStatus, int]:
+        rows = await self._read(f"SELECT status, count(*) FROM jobs WHERE status IN {_ACTIVE_SQL} GROUP BY status")
+        return {JobStatus(status): int(n) for status, n in rows}
+
+
+def _guild_ops_from_row(guild_id: int, row: sqlite3.Row | None) -> GuildOps:
+    if row is None:
+        return GuildOps(guild_id=guild_id)
+    return GuildOps(
+        guild_id=guild_id,
+        cap=_allowance(row["cap_amount"], row["cap_period"]),
+        approved=bool(row["approved"]),
+        log_channel_id=row["log_channel_id"],
+    )
+
+
+def _audit_from_row(row: sqlite3.Row) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        guild_id=row["guild_id"],
+        actor_id=row["actor_id"],
+        action=row["action"],
+        detail=json.loads(row["detail"]),
+        created_at=row["created_at"],
+    )

@@ -36,6 +36,7 @@ ADMIN_COMMANDS: dict[str, Callable[[FakeDiscord], dict[str, Any]]] = {
     "server timezone": lambda fd: {"name": "Asia/Seoul"},
     "server quote": lambda fd: {"threshold": 10},
     "server language": lambda fd: {"language": "ko"},
+    "server logchannel": lambda fd: {"channel": fd.channel},
     "blocklist add": lambda fd: {"pattern": "dragon"},
     "blocklist remove": lambda fd: {"term_id": 1},
     "blocklist list": lambda fd: {},
@@ -270,7 +271,7 @@ async def test_quota_default_is_the_allowance_imagine_uses(running: World) -> No
 
     await deliver(running, "a fox", model=GEMINI)
     assert await refused_imagine(running, "another fox", model=GEMINI) == (
-        "This needs 39 credits and you have 11 available."
+        "This needs 39 credits and you have 11 available. Nothing was charged."
     )
     assert await available(running, alice) == "11"
     assert await available(running, bob) == "50", "an allowance is per member"
@@ -314,7 +315,10 @@ async def test_quota_set_overrides_roles_and_the_default(running: World) -> None
     )
     assert await running.store.member_allowance(gid, alice.id) == Allowance(5, "day")
     assert await available(running, alice) == "5"
-    assert await refused_imagine(running, "a kite", model=MINI) == "This needs 8 credits and you have 5 available."
+    assert (
+        await refused_imagine(running, "a kite", model=MINI)
+        == "This needs 8 credits and you have 5 available. Nothing was charged."
+    )
     assert await available(running, bob) == "50"
 
     await says(running, "quota set", {"member": alice, "remove": True})
@@ -383,7 +387,9 @@ async def test_budget_edge_refuses_imagine_and_spends_nothing(running: World) ->
     first = await deliver(running, "a bridge", model=GEMINI)
 
     content = await refused_imagine(running, "another bridge", user=bob, model=GEMINI)
-    assert content == "This server has reached its image budget for now (11 credits left, 39 needed)."
+    assert (
+        content == "This server has reached its image budget for now (11 credits left, 39 needed). Nothing was charged."
+    )
     assert await ledger(running) == [(EntryKind.HOLD, alice.id, 39), (EntryKind.CAPTURE, alice.id, 39)]
     assert await running.ledger_of(first.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
     assert await running.store.active_jobs() == []

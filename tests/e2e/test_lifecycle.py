@@ -145,7 +145,8 @@ async def test_the_quote_refusal_never_shows_a_negative_balance(world: World) ->
     held = await world.imagine("one fox", model=SYNC_MODEL)  # 39: straight to the hold
     for fi, needed in ((quoted, 78), (held, 39)):
         refusal = await fi.wait_for_callback(WAIT)
-        assert refusal.ephemeral and refusal.data["content"] == f"This needs {needed} credits and you have 0 available."
+        expected = f"This needs {needed} credits and you have 0 available. Nothing was charged."
+        assert refusal.ephemeral and refusal.data["content"] == expected
     assert world.gw.posts == [] and await world.store.active_jobs() == []
 
 

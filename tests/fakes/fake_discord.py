@@ -1166,6 +1166,11 @@ class FakeDiscord:
         #: The bot's user; its id equals the application id, as for bots created since 2022.
         self.bot_user = FakeUser(id=self.application_id, username=bot_name, bot=True)
         self.application_owner = FakeUser(id=make_snowflake(), username="app-owner")
+        #: When set, the application belongs to a team of these users (role, e.g. "admin" or "read_only").
+        self.application_team: list[tuple[FakeUser, str]] | None = None
+        #: When set, IDENTIFY is answered with READY only once this event is set (a bot logged in over REST
+        #: but not yet connected to the gateway).
+        self.ready_gate: asyncio.Event | None = None
         self.application_flags = (1 << 13) | (1 << 15) | (1 << 19) | (1 << 23)
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.allowed_privileged_intents = allowed_privileged_intents
@@ -1679,6 +1684,8 @@ class FakeDiscord:
         }
         if session.shard is not None:
             ready["shard"] = session.shard
+        if self.ready_gate is not None:
+            await self.ready_gate.wait()
         await self._dispatch("READY", ready)
         for guild in self.guilds.values():
             await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild, intents))
@@ -2387,7 +2394,7 @@ class FakeDiscord:
                 "verify_key": secrets.token_hex(32),
                 "flags": self.application_flags,
                 "owner": self.application_owner.payload(),
-                "team": None,
+                "team": None if self.application_team is None else self._team_payload(self.application_team),
                 "bot": self.bot_user.payload(),
                 "hook": True,
                 "redirect_uris": [],
@@ -2398,6 +2405,19 @@ class FakeDiscord:
                 "tags": [],
             }
         )
+
+    def _team_payload(self, members: list[tuple[FakeUser, str]]) -> dict[str, Any]:
+        team_id = str(make_snowflake())
+        return {
+            "id": team_id,
+            "name": "Fake Team",
+            "icon": None,
+            "owner_user_id": str(self.application_owner.id),
+            "members": [
+                {"user": user.payload(), "team_id": team_id, "membership_state": 2, "permissions": ["*"], "role": role}
+                for user, role in members
+            ],
+        }
 
     def _find_channel(self, channel_id: int) -> tuple[FakeChannel | None, FakeGuild | None]:
         for guild in self.guilds.values():
