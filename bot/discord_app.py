@@ -24,7 +24,15 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin")
+EXTENSIONS = (
+    "cogs.imagine",
+    "cogs.models",
+    "cogs.account",
+    "cogs.admin",
+    "cogs.details",
+    "cogs.settings",
+    "cogs.styles",
+)
 
 # What the bot needs in a channel to post results (see docs: discord-facts.md).
 REQUIRED_PERMISSIONS = discord.Permissions(

@@ -106,7 +106,14 @@ class JobButton(
         job = await store.get_job(self.job_id)
         if job is None:
             raise JobNotFoundError()
-        request = ImagineRequest(prompt=job.prompt, model=job.model, count=job.count, options=dict(job.options))
+        request = ImagineRequest(
+            prompt=job.prompt,
+            model=job.model,
+            count=job.count,
+            options=dict(job.options),
+            applied_style=job.style,
+            spoiler=job.spoiler,
+        )
         await launch_job(interaction, request)
 
 
@@ -127,14 +134,29 @@ def running_view(job: JobRecord) -> discord.ui.View:
     return view
 
 
+# More buttons under results (Remix, Details), registered by the cogs that own them: they depend on this
+# module, never the reverse.
+RESULT_BUTTONS: list[Callable[[JobRecord], discord.ui.Item[Any]]] = []
+
+
 def result_view(job: JobRecord) -> discord.ui.View:
     """Buttons under delivered images."""
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("reroll", job.id, job.locale))
+    for make in RESULT_BUTTONS:
+        view.add_item(make(job))
     view.add_item(JobButton("delete", job.id, job.locale))
     return view
 
 
 DYNAMIC_ITEMS = (JobButton,)
 
-__all__ = ["DYNAMIC_ITEMS", "NO_MENTIONS", "answer_errors", "is_admin", "result_view", "running_view"]
+__all__ = [
+    "DYNAMIC_ITEMS",
+    "NO_MENTIONS",
+    "RESULT_BUTTONS",
+    "answer_errors",
+    "is_admin",
+    "result_view",
+    "running_view",
+]

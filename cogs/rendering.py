@@ -46,6 +46,8 @@ def job_embed(job: JobRecord, status: str, *, colour: discord.Colour = COLOR_WOR
     if job.options:
         options = " · ".join(f"{name}: {value}" for name, value in sorted(job.options.items()))
         embed.add_field(name=text("embed.options", locale), value=_clip(options, 1024), inline=False)
+    if job.style:
+        embed.add_field(name=text("embed.style", locale), value=f"`{job.style}`", inline=True)
     embed.add_field(name=text("embed.status", locale), value=_clip(status, 1024), inline=False)
     return embed
 
@@ -55,7 +57,12 @@ def progress_embed(job: JobRecord, progress: Progress) -> discord.Embed:
 
 
 def result_embeds(
-    job: JobRecord, filenames: list[str], *, charged: int, available_after: int | None
+    job: JobRecord,
+    filenames: list[str],
+    *,
+    charged: int,
+    available_after: int | None,
+    origin_url: str | None = None,
 ) -> list[discord.Embed]:
     """One embed per image (Discord shows each `attachment://` image); the first carries the details."""
     locale = job.locale
@@ -64,6 +71,10 @@ def result_embeds(
     if len(filenames) < job.count:
         status += "\n" + text("embed.partial", locale, delivered=len(filenames), requested=job.count)
     first = job_embed(job, f"{text('status.done', locale)} · {status}", colour=COLOR_DONE)
+    if origin_url is not None:
+        first.add_field(name=text("embed.remix_of", locale), value=origin_url, inline=False)
+    if job.spoiler:
+        return [first]  # an embed would show the images unblurred: spoilers stay plain attachments
     embeds = [first] + [discord.Embed(colour=COLOR_DONE) for _ in filenames[1:]]
     for embed, filename in zip(embeds, filenames, strict=False):
         embed.set_image(url=f"attachment://{filename}")
