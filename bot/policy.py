@@ -186,7 +186,7 @@ class PolicyService:
         end = resets_at if resets_at is not None else now + 1
         entries = await self._store.ledger_entries(guild_id, start, end)
         budget = policy.budget.amount if policy.budget is not None and not policy.budget.unlimited else None
-        return daily_spend(entries, policy.timezone, start, end), budget
+        return daily_spend(entries, policy.timezone, start, end, now=now), budget
 
     async def export_ledger(self, guild_id: int, first_day: str, last_day: str) -> tuple[bytes, int]:
         """The ledger from `first_day` to `last_day` (YYYY-MM-DD, inclusive, in the server's time zone) as CSV.

@@ -25,14 +25,19 @@ class DailySpend:
 
     days: list[date]
     by_model: dict[str, list[int]] = field(default_factory=dict)
+    days_so_far: int | None = None  # how many of `days` have begun (the running total stops there)
 
     @property
     def total(self) -> int:
         return sum(sum(values) for values in self.by_model.values())
 
 
-def daily_spend(entries: Iterable[LedgerEntry], timezone: str, start: float, end: float) -> DailySpend:
-    """Group the captures among `entries` by local day (in `timezone`) from `start` to `end`, and by model."""
+def daily_spend(
+    entries: Iterable[LedgerEntry], timezone: str, start: float, end: float, *, now: float | None = None
+) -> DailySpend:
+    """Group the captures among `entries` by local day (in `timezone`) from `start` to `end`, and by model.
+
+    With `now`, the days after today are known to be still to come."""
     zone = ZoneInfo(timezone)
     first = datetime.fromtimestamp(start, zone).date()
     last = datetime.fromtimestamp(max(start, end - 1e-6), zone).date()
@@ -47,7 +52,11 @@ def daily_spend(entries: Iterable[LedgerEntry], timezone: str, start: float, end
             continue
         series = by_model.setdefault(entry.model or "?", [0] * len(days))
         series[index[day]] += entry.amount
-    return DailySpend(days, dict(sorted(by_model.items())))
+    so_far = None
+    if now is not None:
+        today = datetime.fromtimestamp(now, zone).date()
+        so_far = sum(1 for day in days if day <= today)
+    return DailySpend(days, dict(sorted(by_model.items())), so_far)
 
 
 def render_usage_chart(spend: DailySpend, *, budget: int | None, title: str) -> bytes:
@@ -72,7 +81,8 @@ def render_usage_chart(spend: DailySpend, *, budget: int | None, title: str) -> 
     cumulative: list[int] = []
     for value in bottom:
         cumulative.append((cumulative[-1] if cumulative else 0) + value)
-    running.plot(positions, cumulative, color="black", linewidth=1.5, label="total")
+    shown = len(cumulative) if spend.days_so_far is None else spend.days_so_far
+    running.plot(positions[:shown], cumulative[:shown], color="black", linewidth=1.5, label="total")
     if budget is not None:
         running.axhline(budget, color="red", linestyle="--", linewidth=1.5, label=f"budget {budget}")
     running.set_ylim(bottom=0, top=max([budget or 0, *cumulative, 1]) * 1.1)
@@ -80,7 +90,16 @@ def render_usage_chart(spend: DailySpend, *, budget: int | None, title: str) -> 
     handles, names = axes.get_legend_handles_labels()
     more_handles, more_names = running.get_legend_handles_labels()
     if handles or more_handles:
-        axes.legend(handles + more_handles, names + more_names, loc="upper left", fontsize=7)
+        # Below the plot, where it cannot cover a bar.
+        axes.legend(
+            handles + more_handles,
+            names + more_names,
+            loc="upper center",
+            bbox_to_anchor=(0.5, -0.2),
+            ncol=4,
+            fontsize=7,
+            frameon=False,
+        )
     figure.tight_layout()
     out = io.BytesIO()
     figure.savefig(out, format="png")

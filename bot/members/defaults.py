@@ -9,21 +9,26 @@ from __future__ import annotations
 from typing import Any
 
 from bot.catalog import OPTION_NAMES, Catalog
+from bot.errors import InvalidValueError
 
 DEFAULT_KEYS = ("model", "count", *OPTION_NAMES)
 
 
 def clean_defaults(catalog: Catalog, values: dict[str, Any]) -> dict[str, Any]:
-    """Validate what a member wants saved: raises the same `RequestError`s /imagine would.
+    """What a member may save: a model of the catalog, a count from 1 to 20, and option values that some
+    model takes (options are model-specific, so each applies only when the chosen model takes it).
 
-    Options are checked against the saved model when there is one; without a model they are only
-    checked to be values some model takes, since the model is chosen per request.
+    Raises `UnknownModelError` or `InvalidValueError`; nothing is saved then.
     """
     saved: dict[str, Any] = {k: v for k, v in values.items() if v is not None and k in DEFAULT_KEYS}
-    model = saved.get("model")
-    options = {k: v for k, v in saved.items() if k in OPTION_NAMES}
-    if model is not None:
-        catalog.prepare(model, int(saved.get("count", 1)), options)  # raises on a bad combination
+    if "model" in saved:
+        catalog.get(saved["model"])  # raises UnknownModelError
+    for option in OPTION_NAMES:
+        if option not in saved:
+            continue
+        taken = sorted({v for spec in catalog.models for v in (spec.choices(option, catalog.aspect_ratios) or [])})
+        if saved[option] not in taken:
+            raise InvalidValueError(option=option, value=str(saved[option])[:50], allowed=", ".join(taken))
     return saved
 
 
