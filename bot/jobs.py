@@ -34,10 +34,12 @@ from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
 from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
+from bot.waiting import estimate_starts
 
 log = logging.getLogger(__name__)
 
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
+ESTIMATE_STEP = 5.0  # estimated starts are shown rounded to this many seconds (no edit for a smaller drift)
 
 
 @dataclass(frozen=True)
@@ -93,7 +95,7 @@ class JobService:
         self._presenter: JobPresenter | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reporters: dict[str, ProgressReporter] = {}
-        self._positions: dict[str, int] = {}
+        self._positions: dict[str, tuple[int, float | None]] = {}  # what the queued reply shows
         self._last_started: dict[tuple[int, int], float] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -234,6 +236,7 @@ class JobService:
                 await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
+        started: list[JobRecord] = []
         for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
             claimed = await self._store.update_job(
                 job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
@@ -241,13 +244,26 @@ class JobService:
             if claimed is None:
                 continue  # cancelled, or claimed by another process
             queued.remove(job)
+            started.append(claimed)
             self._last_started[(job.guild_id, job.user_id)] = self._clock()
             self._spawn(claimed, self._run(claimed))
         positions = queue_positions(queued, self._last_started)
+        in_line = sorted(queued, key=lambda j: positions[j.id])
+        starts = await self._estimated_starts(in_line, running + started)
         for job in queued:
-            if self._positions.get(job.id) != positions[job.id]:
-                self._positions[job.id] = positions[job.id]
-                self._reporter(job).update("queued", position=positions[job.id])
+            estimate = starts.get(job.id)
+            shown = (positions[job.id], None if estimate is None else round(estimate / ESTIMATE_STEP) * ESTIMATE_STEP)
+            if self._positions.get(job.id) != shown:
+                self._positions[job.id] = shown
+                self._reporter(job).update("queued", position=shown[0], starts_at=shown[1])
+
+    async def _estimated_starts(self, queued: list[JobRecord], running: list[JobRecord]) -> dict[str, float]:
+        """When each queued job should start, from the learned durations of what runs and waits."""
+        if not queued:
+            return {}
+        learned = {model: await self._planner.expected_seconds(model) for model in {j.model for j in queued + running}}
+        default = self._planner.default_expected
+        return estimate_starts(queued, running, lambda m: learned.get(m) or default, self._limits, self._clock())
 
     def _spawn(self, job: JobRecord, work: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work, name=f"job-{job.id}")  # type: ignore[arg-type]
@@ -307,10 +323,17 @@ class JobService:
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
-            # A sync model generates while the POST is open (15-30 s for some): show the clock running.
-            reporter.update("generating" if job.mode == "sync" else "submitting")
+            # A sync model generates while the POST is open (15-30 s for some): show the clock running,
+            # and when it should be done, from its learned durations.
+            began = self._clock()
+            if job.mode == "sync":
+                expected = await self._planner.expected_seconds(job.model)
+                reporter.update("generating", ends_at=None if expected is None else began + expected)
+            else:
+                reporter.update("submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
+                await self._planner.record(job.model, self._clock() - began)  # what the next estimate learns from
                 return submission.images
             assert submission.operation_id is not None
             now = self._clock()
@@ -326,8 +349,9 @@ class JobService:
             job = updated
         assert job.operation_id is not None
         submitted_at = job.submitted_at or self._clock()
-        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
+        ends_at = submitted_at + schedule.expected if schedule.spread is not None else None  # None: no history
+        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at), ends_at=ends_at)
         result = await self._gateway.wait_for_result(
             job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at)
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import discord
 
 from bot.errors import BotError, ContentPolicyError
@@ -17,11 +19,23 @@ COLOR_REFUSED = discord.Colour.orange()
 PROMPT_LIMIT = 1000  # shown in a field (max 1024)
 
 
+def _relative(epoch: float) -> str:
+    """A Discord timestamp: each viewer sees "in 20 seconds" in their own language, counting live."""
+    return f"<t:{int(epoch)}:R>"
+
+
 def progress_line(progress: Progress, locale: str) -> str:
-    """The status line for a stage."""
+    """The status line for a stage, with the estimated start or end when one is known and still ahead."""
+    now = time.time()
     if progress.stage == "queued":
+        if progress.starts_at is not None and progress.starts_at > now:
+            return text(
+                "status.queued_eta", locale, position=progress.position or 1, starts=_relative(progress.starts_at)
+            )
         return text("status.queued", locale, position=progress.position or 1)
     if progress.stage == "generating":
+        if progress.ends_at is not None and progress.ends_at > now:
+            return text("status.generating_eta", locale, elapsed=progress.elapsed, ends=_relative(progress.ends_at))
         return text("status.generating", locale, elapsed=progress.elapsed)
     if progress.stage == "downloading":
         return text("status.downloading", locale, count=progress.count)

@@ -11,7 +11,7 @@ from typing import Any
 from PIL import Image
 
 from bot.store.records import EntryKind, JobRecord
-from tests.e2e.harness import WAIT, World
+from tests.e2e.harness import WAIT, World, status_line
 from tests.fakes.fake_discord import CallbackType, FakeInteraction, FakeMessage, Perm
 
 GEMINI, GEMINI_PRICE = "gemini-2.5-flash-image", 39
@@ -347,3 +347,30 @@ async def test_export_without_dates_has_this_periods_rows(running: World) -> Non
         ("hold", str(GEMINI_PRICE), job.id),
         ("capture", str(GEMINI_PRICE), job.id),
     ]
+
+
+# --- honest waiting times -------------------------------------------------------------------------------
+
+
+async def test_queued_shows_an_estimated_start_and_generating_the_expected_end(world: World) -> None:
+    model = "xai/grok-imagine-image"
+    await world.start(max_jobs_per_member=1)
+    for _ in range(5):  # the model's learned durations: 4 s each
+        await world.store.record_duration(model, 4.0, now=1.0)
+    world.gw.configure(model, completion_delay=2.0)
+    first = await world.imagine("a slow sunrise", model=model)
+    second = await world.imagine("a slow sunset", model=model)
+    await world.finished(first)
+    await world.finished(second)
+    job1, job2 = await world.job_of(first), await world.job_of(second)
+
+    queued = [status_line(e) for e in second.edits if status_line(e).startswith("Queued: position 1 · starts about")]
+    assert queued, [status_line(e) for e in second.edits]
+    estimate = int(queued[0].rsplit("<t:", 1)[1].split(":")[0])
+    assert job1.started_at is not None and abs(estimate - (job1.started_at + 4.0)) <= 5.0, "first job's start + 4 s"
+
+    generating = [status_line(e) for e in first.edits if "done about <t:" in status_line(e)]
+    assert generating, [status_line(e) for e in first.edits]
+    ends = int(generating[0].rsplit("<t:", 1)[1].split(":")[0])
+    assert job1.submitted_at is not None and ends == int(job1.submitted_at + 4.0)
+    assert job2.id != job1.id
