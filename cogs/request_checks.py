@@ -3,15 +3,18 @@ parent and age restriction. Kept apart from cogs/launch.py so the launch path st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
 import discord
 
-from bot.automod import RuleFetcher
+from bot.automod import RuleFetcher, RulesUnavailableError
 from bot.store.records import GuildPolicy
 
 log = logging.getLogger(__name__)
+
+FETCH_TIMEOUT = 1.0  # seconds; the rules are read at most once a minute per server
 
 
 def automod_fetcher(interaction: discord.Interaction[Any]) -> RuleFetcher:
@@ -23,13 +26,14 @@ def automod_fetcher(interaction: discord.Interaction[Any]) -> RuleFetcher:
         if guild is None or me is None or not me.guild_permissions.manage_guild:
             return None
         try:
-            return list(await interaction.client.http.get_auto_moderation_rules(guild.id))  # type: ignore[arg-type]
+            # Bounded: the whole request must be answered within Discord's 3 s, and a 429 would wait.
+            async with asyncio.timeout(FETCH_TIMEOUT):
+                return list(await interaction.client.http.get_auto_moderation_rules(guild.id))  # type: ignore[arg-type]
         except discord.Forbidden:
             return None
-        except discord.HTTPException as exc:
+        except (discord.HTTPException, TimeoutError) as exc:
             # Discord is having trouble: prompts are not held up by it (the blocklist still applies).
-            log.warning("could not read AutoMod rules of guild %s (%s); skipping them for now", guild.id, exc.status)
-            return []
+            raise RulesUnavailableError(str(getattr(exc, "status", "timeout"))) from None
 
     return fetch
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from bot.automod import AutoModChecker, parse_rules
+from bot.automod import AutoModChecker, RulesUnavailableError, parse_rules
 from bot.errors import AutoModBlockedError
 
 
@@ -88,3 +88,16 @@ async def test_checker_caches_respects_exemptions_and_skips_without_permission()
 
     await checker.check(2, "a dragon", forbidden)
     assert checker.status(2) == "no_permission" and checker.status(3) == "unknown"
+
+
+async def test_rules_discord_cannot_give_are_skipped_for_that_prompt_and_not_cached() -> None:
+    checker = AutoModChecker()
+    calls: list[int] = []
+
+    async def failing() -> list[dict[str, Any]] | None:
+        calls.append(1)
+        raise RulesUnavailableError("503")
+
+    await checker.check(1, "a dragon", failing)
+    await checker.check(1, "a dragon", failing)
+    assert len(calls) == 2 and checker.status(1) == "unknown"

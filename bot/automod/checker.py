@@ -7,6 +7,7 @@ and `status` says so for /server show.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -18,7 +19,14 @@ from bot.errors import AutoModBlockedError
 RuleFetcher = Callable[[], Awaitable[list[dict[str, Any]] | None]]
 CACHE_SECONDS = 60.0  # an admin's new rule applies within a minute
 
+
+class RulesUnavailableError(Exception):
+    """Raised by a fetcher when Discord could not answer in time: this check is skipped, nothing cached."""
+
+
 Status = Literal["active", "no_permission", "unknown"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,11 @@ class AutoModChecker:
         """The server's keyword rules (cached for `ttl` seconds); None when the bot may not read them."""
         cached = self._cache.get(guild_id)
         if cached is None or self._clock() - cached.fetched_at > self._ttl:
-            payload = await fetch()
+            try:
+                payload = await fetch()
+            except RulesUnavailableError:
+                log.warning("AutoMod rules of guild %s unavailable; this prompt is checked without them", guild_id)
+                return [] if cached is None else cached.rules
             cached = _Cached(self._clock(), None if payload is None else parse_rules(payload))
             self._cache[guild_id] = cached
         return cached.rules
