@@ -47,7 +47,7 @@ class SettingsCog(commands.Cog):
         size: str | None = None,
         background: str | None = None,
     ) -> None:
-        """Save defaults that /imagine uses for what you leave out (what you give here replaces them)."""
+        """Save defaults that /imagine uses for what you leave out (the others you saved are kept)."""
         assert interaction.guild_id is not None
         wanted = {
             "model": model,
@@ -57,7 +57,9 @@ class SettingsCog(commands.Cog):
             "size": size,
             "background": background,
         }
-        saved = clean_defaults(self.services.catalog, wanted)
+        given = clean_defaults(self.services.catalog, wanted)
+        # Saving one option keeps the others: a member builds their defaults up one at a time.
+        saved = {**await self.services.store.member_defaults(interaction.guild_id, interaction.user.id), **given}
         if not saved:
             await say(interaction, "settings.empty")
             return

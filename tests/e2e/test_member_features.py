@@ -152,13 +152,11 @@ async def test_job_shows_only_this_servers_jobs(world: World) -> None:
 
 
 async def test_saved_defaults_are_used_and_an_explicit_option_wins(running: World) -> None:
+    await says(running, "settings save", {"model": MINI, "aspect_ratio": "16:9"}, user=running.fd.alice)
     saved = await says(
-        running,
-        "settings save",
-        {"model": GEMINI, "aspect_ratio": "16:9", "count": 2, "quality": "high"},
-        user=running.fd.alice,
-    )
-    assert saved.startswith("Saved.") and "aspect_ratio: `16:9`" in saved
+        running, "settings save", {"model": GEMINI, "count": 2, "quality": "high"}, user=running.fd.alice
+    )  # one save adds to the last: the aspect ratio stays, the model is replaced
+    assert saved.startswith("Saved.") and "aspect_ratio: `16:9`" in saved and MINI not in saved
 
     await deliver(running, "a cat")  # everything from the defaults
     await deliver(running, "a dog", model=MINI)  # quality applies; aspect ratio and count 2 do not: dropped
