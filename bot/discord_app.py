@@ -27,7 +27,16 @@ from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin", "cogs.operator")
+EXTENSIONS = (
+    "cogs.imagine",
+    "cogs.models",
+    "cogs.account",
+    "cogs.admin",
+    "cogs.operator",
+    "cogs.details",
+    "cogs.settings",
+    "cogs.styles",
+)
 
 # What the bot needs in a channel to post results (see docs: discord-facts.md).
 REQUIRED_PERMISSIONS = discord.Permissions(

@@ -148,6 +148,18 @@ class NotJobOwnerError(RequestError):
     message_key = "error.not_job_owner"
 
 
+class ChannelNotAllowedError(RequestError):
+    message_key = "error.channel_not_allowed"  # params: channels (mentions of the allowed ones)
+
+
+class UnknownStyleError(RequestError):
+    message_key = "error.unknown_style"  # params: style
+
+
+class AutoModBlockedError(RequestError):
+    message_key = "error.automod_blocked"  # params: rule (the AutoMod rule's name)
+
+
 # --- Gateway failures: the job fails and its hold is released -------------------------------------------
 
 

@@ -38,11 +38,13 @@ from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
 from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
+from bot.waiting import estimate_starts
 
 log = logging.getLogger(__name__)
 
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
 STOP_STEP_TIMEOUT = 0.5  # seconds each shutdown step may take once the grace time is over
+ESTIMATE_STEP = 5.0  # estimated starts are shown rounded to this many seconds (no edit for a smaller drift)
 
 
 class RecoveryIncompleteError(RuntimeError):
@@ -110,7 +112,7 @@ class JobService:
         self._presenter: JobPresenter | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reporters: dict[str, ProgressReporter] = {}
-        self._positions: dict[str, int] = {}
+        self._positions: dict[str, tuple[int, float | None]] = {}  # what the queued reply shows
         self._last_started: dict[tuple[int, int], float] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -324,6 +326,7 @@ class JobService:
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
         # The kill switch: queued jobs wait (their members may cancel); running ones go on to the end.
         startable = [] if queued and await self.hooks.paused() else queued
+        started: list[JobRecord] = []
         for job in pick_jobs_to_start(startable, running, self._limits, self._last_started):
             claimed = await self._store.update_job(
                 job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
@@ -331,13 +334,26 @@ class JobService:
             if claimed is None:
                 continue  # cancelled, or claimed by another process
             queued.remove(job)
+            started.append(claimed)
             self._last_started[(job.guild_id, job.user_id)] = self._clock()
             self._spawn(claimed, self._run(claimed))
         positions = queue_positions(queued, self._last_started)
+        in_line = sorted(queued, key=lambda j: positions[j.id])
+        starts = await self._estimated_starts(in_line, running + started)
         for job in queued:
-            if self._positions.get(job.id) != positions[job.id]:
-                self._positions[job.id] = positions[job.id]
-                self._reporter(job).update("queued", position=positions[job.id])
+            estimate = starts.get(job.id)
+            shown = (positions[job.id], None if estimate is None else round(estimate / ESTIMATE_STEP) * ESTIMATE_STEP)
+            if self._positions.get(job.id) != shown:
+                self._positions[job.id] = shown
+                self._reporter(job).update("queued", position=shown[0], starts_at=shown[1])
+
+    async def _estimated_starts(self, queued: list[JobRecord], running: list[JobRecord]) -> dict[str, float]:
+        """When each queued job should start, from the learned durations of what runs and waits."""
+        if not queued:
+            return {}
+        learned = {model: await self._planner.expected_seconds(model) for model in {j.model for j in queued + running}}
+        default = self._planner.default_expected
+        return estimate_starts(queued, running, lambda m: learned.get(m) or default, self._limits, self._clock())
 
     def _spawn(self, job: JobRecord, work: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work, name=f"job-{job.id}")  # type: ignore[arg-type]
@@ -405,10 +421,17 @@ class JobService:
         if not (resume and job.operation_id):
             # A cancel may have landed between the claim and now: never reach the gateway for it.
             await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
-            # A sync model generates while the POST is open (15-30 s for some): show the clock running.
-            reporter.update("generating" if job.mode == "sync" else "submitting")
+            # A sync model generates while the POST is open (15-30 s for some): show the clock running,
+            # and when it should be done, from its learned durations.
+            began = self._clock()
+            if job.mode == "sync":
+                expected = await self._planner.expected_seconds(job.model)
+                reporter.update("generating", ends_at=None if expected is None else began + expected)
+            else:
+                reporter.update("submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
+                await self._planner.record(job.model, self._clock() - began)  # what the next estimate learns from
                 return submission.images
             assert submission.operation_id is not None
             now = self._clock()
@@ -424,8 +447,9 @@ class JobService:
             job = updated
         assert job.operation_id is not None
         submitted_at = job.submitted_at or self._clock()
-        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
+        ends_at = submitted_at + schedule.expected if schedule.spread is not None else None  # None: no history
+        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at), ends_at=ends_at)
         job_id = job.id
 
         async def after_poll(_: float) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from bot.catalog import Catalog
+from bot.charts import DailySpend, daily_spend
 from bot.errors import (
     BlocklistFullError,
     InvalidAmountError,
@@ -25,7 +26,7 @@ from bot.ledger import Ledger, period_bounds
 from bot.messages import text
 from bot.moderation import compile_term
 from bot.store.base import Store
-from bot.store.records import Allowance, BlockedTerm, GuildPolicy, Period
+from bot.store.records import Allowance, BlockedTerm, GuildPolicy, Period, SpoilerMode
 
 if TYPE_CHECKING:
     from bot.ops.caps import CapsPolicy
@@ -180,6 +181,16 @@ class PolicyService:
             raise BlocklistFullError(limit=self._blocklist_max_terms)
         return term
 
+    async def set_spoiler_mode(self, guild_id: int, actor_id: int, mode: SpoilerMode) -> GuildPolicy:
+        if mode not in ("off", "all", "outside_nsfw"):
+            raise InvalidValueError(option="spoiler mode", value=str(mode)[:50], allowed="off, all, outside_nsfw")
+        return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), spoiler_mode=mode)
+
+    async def set_channel_allowed(self, guild_id: int, actor_id: int, channel_id: int, allowed: bool) -> bool:
+        return await self._store.set_channel_allowed(
+            guild_id, channel_id, allowed, actor_id=actor_id, now=self._clock()
+        )
+
     async def remove_blocked_term(self, guild_id: int, actor_id: int, term_id: int) -> bool:
         return await self._store.remove_blocked_term(guild_id, term_id, actor_id=actor_id, now=self._clock())
 
@@ -193,6 +204,29 @@ class PolicyService:
         by_model = await self._store.usage_by_model(guild_id, start, user_id=user_id)
         top_members = [] if user_id is not None else await self._store.top_spenders(guild_id, start, top)
         return UsageReport(period, start, resets_at, by_model, top_members, sum(by_model.values()))
+
+    async def current_period_days(self, guild_id: int) -> tuple[str, str]:
+        """The first day of the current usage period and today (YYYY-MM-DD, server time zone): the
+        range `/usage export` takes when no dates are given."""
+        policy = await self._store.get_policy(guild_id)
+        period: Period = policy.budget.period if policy.budget else "month"
+        now = self._clock()
+        start, _ = period_bounds(period, now, policy.timezone)
+        zone = ZoneInfo(policy.timezone)
+        first = datetime.fromtimestamp(start, zone).date()
+        return first.isoformat(), datetime.fromtimestamp(now, zone).date().isoformat()
+
+    async def daily_usage(self, guild_id: int) -> tuple[DailySpend, int | None]:
+        """This period's captured credits per day and model (the whole period, days to come at 0), and the
+        server's budget for the period (None without one)."""
+        policy = await self._store.get_policy(guild_id)
+        period: Period = policy.budget.period if policy.budget else "month"
+        now = self._clock()
+        start, resets_at = period_bounds(period, now, policy.timezone)
+        end = resets_at if resets_at is not None else now + 1
+        entries = await self._store.ledger_entries(guild_id, start, end)
+        budget = policy.budget.amount if policy.budget is not None and not policy.budget.unlimited else None
+        return daily_spend(entries, policy.timezone, start, end, now=now), budget
 
     async def export_ledger(
         self, guild_id: int, first_day: str, last_day: str, locale: str | None = None

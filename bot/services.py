@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
+from bot.automod import AutoModChecker
 from bot.catalog import Catalog
 from bot.config import Settings
 from bot.gateway import GatewayClient
@@ -37,6 +38,7 @@ class Services:
     metrics: Metrics
     alerts: Alerts
     operator: OperatorService
+    automod: AutoModChecker = field(default_factory=AutoModChecker)  # the servers' AutoMod rules, cached
 
     @classmethod
     def build(

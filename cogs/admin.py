@@ -16,11 +16,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.charts import render_usage_chart_async
 from bot.discord_app import NO_MENTIONS, language_choices, locale_of
 from bot.i18n import catalogs, server_language
 from bot.messages import has_text, number_text, text
 from bot.policy import parse_export_range
 from cogs.rendering import allowance_text
+from cogs.request_checks import automod_fetcher
 
 if TYPE_CHECKING:
     from bot.discord_app import ImagineBot
@@ -60,6 +62,7 @@ class AdminCog(commands.Cog):
     server = app_commands.Group(
         name="server", description="Server settings for images (admins)", guild_only=True, default_permissions=ADMIN
     )
+    channels = app_commands.Group(name="channels", description="Where images can be made", parent=server)
     blocklist = app_commands.Group(
         name="blocklist",
         description="Words and patterns refused in prompts (admins)",
@@ -283,7 +286,18 @@ class AdminCog(commands.Cog):
             )[:1024]
             or "—",
         )
-        await reply(interaction, embed=embed)
+        # Drawing takes a moment (in a worker thread): acknowledge first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        spend, budget = await self.services.policy.daily_usage(interaction.guild_id)
+        title = text("usage.chart_title", locale, since=spend.days[0].isoformat(), until=spend.days[-1].isoformat())
+        png = await render_usage_chart_async(spend, budget=budget, title=title)
+        embed.set_image(url="attachment://usage.png")
+        await interaction.followup.send(
+            embed=embed,
+            file=discord.File(io.BytesIO(png), filename="usage.png"),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
 
     @usage.command(name="member")
     @admin_only
@@ -315,11 +329,18 @@ class AdminCog(commands.Cog):
 
     @usage.command(name="export")
     @admin_only
-    @app_commands.describe(start="First day, YYYY-MM-DD (server time zone)", end="Last day, YYYY-MM-DD (inclusive)")
-    async def usage_export(self, interaction: discord.Interaction[Any], start: str, end: str) -> None:
-        """Download the credit ledger for a date range as CSV."""
+    @app_commands.describe(
+        start="First day, YYYY-MM-DD (server time zone); default: the period's first day",
+        end="Last day, YYYY-MM-DD (inclusive); default: today",
+    )
+    async def usage_export(
+        self, interaction: discord.Interaction[Any], start: str | None = None, end: str | None = None
+    ) -> None:
+        """Download the credit ledger for a date range (default: this period) as CSV."""
         assert interaction.guild_id is not None
         locale = locale_of(interaction)
+        period_first, today = await self.services.policy.current_period_days(interaction.guild_id)
+        start, end = start or period_first, end or today
         parse_export_range(start, end)  # a bad range is refused as the first answer
         # A long range on a busy server takes a while to read: acknowledge first (Discord's 3 s).
         await interaction.response.defer(ephemeral=True, thinking=True)
@@ -397,6 +418,7 @@ class AdminCog(commands.Cog):
         await say(
             interaction, "server.language_auto" if policy.language == "auto" else "server.language_set", language=name
         )
+
     @server.command(name="logchannel")
     @admin_only
     @app_commands.describe(channel="Where budget notices (50/80/100 %) and admin changes go; leave out to stop")
@@ -411,6 +433,77 @@ class AdminCog(commands.Cog):
             await say(interaction, "admin.log_channel_removed")
         else:
             await say(interaction, "admin.log_channel_set", channel=channel.mention)
+
+    @server.command(name="spoilers")
+    @admin_only
+    @app_commands.describe(
+        mode="off: when members ask; all: every result; outside_nsfw: outside age-restricted channels"
+    )
+    async def server_spoilers(
+        self, interaction: discord.Interaction[Any], mode: Literal["off", "all", "outside_nsfw"]
+    ) -> None:
+        """Choose which results are posted as spoilers."""
+        assert interaction.guild_id is not None
+        await self.services.policy.set_spoiler_mode(interaction.guild_id, interaction.user.id, mode)
+        await say(interaction, "spoilers.set", mode=text(f"spoilers.{mode}", locale_of(interaction)))
+
+    @server.command(name="show")
+    @admin_only
+    async def server_show(self, interaction: discord.Interaction[Any]) -> None:
+        """Show this server's image settings, and whether its AutoMod rules are applied to prompts."""
+        assert interaction.guild_id is not None
+        locale = locale_of(interaction)
+        policy = await self.services.store.get_policy(interaction.guild_id)
+        channels = await self.services.store.allowed_channels(interaction.guild_id)
+        rules = await self.services.automod.rules(interaction.guild_id, automod_fetcher(interaction))
+        automod = (
+            text("automod.no_permission", locale) if rules is None else text("automod.active", locale, count=len(rules))
+        )
+        threshold = (
+            policy.quote_threshold if policy.quote_threshold is not None else self.services.settings.quote_threshold
+        )
+        await say(
+            interaction,
+            "server.show",
+            timezone=policy.timezone,
+            quote=threshold,
+            channels=", ".join(f"<#{c}>" for c in channels) or text("channels.everywhere", locale),
+            spoilers=text(f"spoilers.{policy.spoiler_mode}", locale),
+            automod=automod,
+        )
+
+    @channels.command(name="add")
+    @admin_only
+    @app_commands.describe(channel="A channel where /imagine, re-roll and remix will work")
+    async def channels_add(self, interaction: discord.Interaction[Any], channel: discord.abc.GuildChannel) -> None:
+        """Allow images in a channel (once any is chosen, only the chosen ones)."""
+        assert interaction.guild_id is not None
+        changed = await self.services.policy.set_channel_allowed(
+            interaction.guild_id, interaction.user.id, channel.id, True
+        )
+        await say(interaction, "channels.added" if changed else "channels.unchanged", channel=channel.mention)
+
+    @channels.command(name="remove")
+    @admin_only
+    @app_commands.describe(channel="A channel to take off the list")
+    async def channels_remove(self, interaction: discord.Interaction[Any], channel: discord.abc.GuildChannel) -> None:
+        """Take a channel off the list (an empty list allows every channel)."""
+        assert interaction.guild_id is not None
+        changed = await self.services.policy.set_channel_allowed(
+            interaction.guild_id, interaction.user.id, channel.id, False
+        )
+        await say(interaction, "channels.removed" if changed else "channels.unchanged", channel=channel.mention)
+
+    @channels.command(name="list")
+    @admin_only
+    async def channels_list(self, interaction: discord.Interaction[Any]) -> None:
+        """Show where images can be made."""
+        assert interaction.guild_id is not None
+        channels = await self.services.store.allowed_channels(interaction.guild_id)
+        if channels:
+            await say(interaction, "channels.list", channels=", ".join(f"<#{c}>" for c in channels))
+        else:
+            await say(interaction, "channels.everywhere")
 
     # --- /blocklist ------------------------------------------------------------------------------------------
 

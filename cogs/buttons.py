@@ -111,7 +111,14 @@ class JobButton(
         job = await store.get_job(self.job_id)
         if job is None:
             raise JobNotFoundError()
-        request = ImagineRequest(prompt=job.prompt, model=job.model, count=job.count, options=dict(job.options))
+        request = ImagineRequest(
+            prompt=job.prompt,
+            model=job.model,
+            count=job.count,
+            options=dict(job.options),
+            applied_style=job.style,
+            spoiler=job.spoiler,
+        )
         await launch_job(interaction, request)
 
 
@@ -132,14 +139,30 @@ def running_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
     return view
 
 
+# More buttons under results (Remix, Details), registered by the cogs that own them: they depend on this
+# module, never the reverse. Each maker takes the job and the language of the labels.
+RESULT_BUTTONS: list[Callable[[JobRecord, str], discord.ui.Item[Any]]] = []
+
+
 def result_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
     """Buttons under delivered images (labels in `locale`, by default the job's)."""
+    language = locale or job.locale
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("reroll", job.id, locale or job.locale))
-    view.add_item(JobButton("delete", job.id, locale or job.locale))
+    view.add_item(JobButton("reroll", job.id, language))
+    for make in RESULT_BUTTONS:
+        view.add_item(make(job, language))
+    view.add_item(JobButton("delete", job.id, language))
     return view
 
 
 DYNAMIC_ITEMS = (JobButton,)
 
-__all__ = ["DYNAMIC_ITEMS", "NO_MENTIONS", "answer_errors", "is_admin", "result_view", "running_view"]
+__all__ = [
+    "DYNAMIC_ITEMS",
+    "NO_MENTIONS",
+    "RESULT_BUTTONS",
+    "answer_errors",
+    "is_admin",
+    "result_view",
+    "running_view",
+]

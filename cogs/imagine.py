@@ -71,6 +71,8 @@ class ImagineCog(commands.Cog):
         quality="Quality, for models that take it",
         size="Size or resolution, for models that take it",
         background="Background (OpenAI models): auto, transparent or opaque",
+        style="A style of this server: its template wraps your prompt",
+        spoiler="Post the images as spoilers",
     )
     async def imagine(
         self,
@@ -78,14 +80,32 @@ class ImagineCog(commands.Cog):
         prompt: app_commands.Range[str, 1, 6000],
         model: str | None = None,
         aspect_ratio: str | None = None,
-        count: app_commands.Range[int, 1, 20] = 1,
+        count: app_commands.Range[int, 1, 20] | None = None,
         quality: str | None = None,
         size: str | None = None,
         background: str | None = None,
+        style: str | None = None,
+        spoiler: bool = False,
     ) -> None:
         """Generate images from a text prompt."""
         options = {"aspect_ratio": aspect_ratio, "quality": quality, "size": size, "background": background}
-        await launch_job(interaction, ImagineRequest(prompt=prompt, model=model, count=count, options=options))
+        request = ImagineRequest(
+            prompt=prompt, model=model, count=count, options=options, use_defaults=True, style=style, spoiler=spoiler
+        )
+        await launch_job(interaction, request)
+
+    @imagine.autocomplete("style")
+    async def _style_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        needle = current.lower().strip()
+        return [
+            app_commands.Choice(name=f"{s.name} · {s.template}"[:100], value=s.name)
+            for s in await self.services.store.styles(interaction.guild_id)
+            if needle in s.name
+        ][:MAX_CHOICES]
 
     @imagine.autocomplete("model")
     async def _model_choices(

@@ -52,6 +52,9 @@ def _file_prefix(job: JobRecord) -> str:
     return f"imagine-{job.id[:12]}-"
 
 
+SPOILER_PREFIX = "SPOILER_"  # Discord shows an attachment so named as a spoiler
+
+
 class DiscordJobPresenter:
     """Implements `bot.jobs.JobPresenter` for Discord."""
 
@@ -176,7 +179,11 @@ class DiscordJobPresenter:
         except (discord.HTTPException, DeliveryError):
             return None
         prefix = _file_prefix(job)
-        return sum(1 for attachment in message.attachments if attachment.filename.startswith(prefix))
+        return sum(
+            1
+            for attachment in message.attachments
+            if attachment.filename.removeprefix(SPOILER_PREFIX).startswith(prefix)
+        )
 
     async def member_roles(self, guild_id: int, user_id: int) -> Sequence[int]:
         guild = self._bot.get_guild(guild_id)
@@ -248,6 +255,7 @@ class DiscordJobPresenter:
                     charged=delivery.charged,
                     available_after=delivery.available_after,
                     locale=locale,
+                    origin_url=await self._origin_url(job),
                 )
                 await edit_reply(
                     content=None,
@@ -268,6 +276,15 @@ class DiscordJobPresenter:
         blobs: list[bytes] = []
         for index, image in enumerate(images, start=1):
             data, extension = await fit_for_upload_async(image, limit)
-            names.append(f"{_file_prefix(job)}{index}.{extension}")
+            names.append(f"{SPOILER_PREFIX if job.spoiler else ''}{_file_prefix(job)}{index}.{extension}")
             blobs.append(data)
         return names, blobs
+
+    async def _origin_url(self, job: JobRecord) -> str | None:
+        """A remix links to the result it came from (when that job and its reply still exist)."""
+        if job.remix_of is None:
+            return None
+        origin = await self._bot.services.store.get_job(job.remix_of)
+        if origin is None or origin.reply_message_id is None:
+            return None
+        return f"https://discord.com/channels/{origin.guild_id}/{origin.channel_id}/{origin.reply_message_id}"

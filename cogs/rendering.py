@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import discord
 
 from bot.errors import BotError, ContentPolicyError
@@ -27,11 +29,23 @@ def allowance_text(allowance: Allowance | None, locale: str) -> str:
     return text("credits.allowance_value", locale, amount=allowance.amount, period=period)
 
 
+def _relative(epoch: float) -> str:
+    """A Discord timestamp: each viewer sees "in 20 seconds" in their own language, counting live."""
+    return f"<t:{int(epoch)}:R>"
+
+
 def progress_line(progress: Progress, locale: str) -> str:
-    """The status line for a stage."""
+    """The status line for a stage, with the estimated start or end when one is known and still ahead."""
+    now = time.time()
     if progress.stage == "queued":
+        if progress.starts_at is not None and progress.starts_at > now:
+            return text(
+                "status.queued_eta", locale, position=progress.position or 1, starts=_relative(progress.starts_at)
+            )
         return text("status.queued", locale, position=progress.position or 1)
     if progress.stage == "generating":
+        if progress.ends_at is not None and progress.ends_at > now:
+            return text("status.generating_eta", locale, elapsed=progress.elapsed, ends=_relative(progress.ends_at))
         return text("status.generating", locale, elapsed=progress.elapsed)
     if progress.stage == "downloading":
         return text("status.downloading", locale, count=progress.count)
@@ -61,6 +75,8 @@ def job_embed(
     if job.options:
         options = " · ".join(f"{name}: {value}" for name, value in sorted(job.options.items()))
         embed.add_field(name=text("embed.options", locale), value=_clip(options, 1024), inline=False)
+    if job.style:
+        embed.add_field(name=text("embed.style", locale), value=f"`{job.style}`", inline=True)
     embed.add_field(name=text("embed.status", locale), value=_clip(status, 1024), inline=False)
     return embed
 
@@ -71,7 +87,13 @@ def progress_embed(job: JobRecord, progress: Progress, locale: str | None = None
 
 
 def result_embeds(
-    job: JobRecord, filenames: list[str], *, charged: int, available_after: int | None, locale: str | None = None
+    job: JobRecord,
+    filenames: list[str],
+    *,
+    charged: int,
+    available_after: int | None,
+    locale: str | None = None,
+    origin_url: str | None = None,
 ) -> list[discord.Embed]:
     """One embed per image (Discord shows each `attachment://` image); the first carries the details."""
     locale = locale or job.locale
@@ -80,6 +102,10 @@ def result_embeds(
     if len(filenames) < job.count:
         status += "\n" + text("embed.partial", locale, delivered=len(filenames), requested=job.count)
     first = job_embed(job, f"{text('status.done', locale)} · {status}", colour=COLOR_DONE, locale=locale)
+    if origin_url is not None:
+        first.add_field(name=text("embed.remix_of", locale), value=origin_url, inline=False)
+    if job.spoiler:
+        return [first]  # an embed would show the images unblurred: spoilers stay plain attachments
     embeds = [first] + [discord.Embed(colour=COLOR_DONE) for _ in filenames[1:]]
     for embed, filename in zip(embeds, filenames, strict=False):
         embed.set_image(url=f"attachment://{filename}")

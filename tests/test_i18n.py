@@ -22,6 +22,7 @@ SAME_IN_EVERY_LANGUAGE = {
     "choice.ko",  # a language's own name
     "language_name.ko",
     "audit.line",
+    "styles.line",  # `{name}` · {template}
 }
 
 

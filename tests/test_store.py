@@ -519,3 +519,53 @@ async def test_a_period_starting_inside_a_bucket_counts_its_first_lines(store: S
     with pytest.raises(InsufficientCreditsError) as refused:
         await store.create_job_with_hold(new_job("more", count=1, price=20), limits, now=start + 30)
     assert refused.value.params["available"] == 10
+# --- issue 13: saved defaults, styles, channel rules, spoilers, job provenance ----------------------------
+
+
+async def test_member_defaults_are_per_member_and_server_and_can_be_forgotten(store: Store) -> None:
+    assert await store.member_defaults(G, U) == {}
+    await store.set_member_defaults(G, U, {"model": "m", "count": 2}, now=NOW)
+    await store.set_member_defaults(G, U, {"model": "n"}, now=NOW + 1)  # replaces
+    assert await store.member_defaults(G, U) == {"model": "n"}
+    assert await store.member_defaults(G + 1, U) == {} and await store.member_defaults(G, U + 1) == {}
+    await store.set_member_defaults(G, U, None, now=NOW + 2)
+    assert await store.member_defaults(G, U) == {}
+
+
+async def test_styles_are_put_replaced_and_removed_with_audit(store: Store) -> None:
+    await store.put_style(G, "noir", "{prompt}, noir", actor_id=ADMIN, now=NOW)
+    await store.put_style(G, "noir", "{prompt}, film noir", actor_id=ADMIN, now=NOW + 1)
+    await store.put_style(G, "anime", "{prompt}, anime", actor_id=ADMIN, now=NOW + 2)
+    assert [(s.name, s.template) for s in await store.styles(G)] == [
+        ("anime", "{prompt}, anime"),
+        ("noir", "{prompt}, film noir"),
+    ]
+    assert await store.styles(G + 1) == []
+    assert await store.remove_style(G, "noir", actor_id=ADMIN, now=NOW + 3)
+    assert not await store.remove_style(G, "noir", actor_id=ADMIN, now=NOW + 4)
+    actions = [e.action for e in await store.recent_audit(G, 10)]
+    assert actions == ["style.remove", "style.put", "style.put", "style.put"]
+
+
+async def test_channel_rules_change_only_when_something_changes(store: Store) -> None:
+    assert await store.allowed_channels(G) == []
+    assert await store.set_channel_allowed(G, 7, True, actor_id=ADMIN, now=NOW)
+    assert not await store.set_channel_allowed(G, 7, True, actor_id=ADMIN, now=NOW)
+    assert await store.set_channel_allowed(G, 5, True, actor_id=ADMIN, now=NOW)
+    assert await store.allowed_channels(G) == [5, 7]
+    assert await store.set_channel_allowed(G, 7, False, actor_id=ADMIN, now=NOW)
+    assert not await store.set_channel_allowed(G, 7, False, actor_id=ADMIN, now=NOW)
+    assert await store.allowed_channels(G) == [5]
+    assert [e.action for e in await store.recent_audit(G, 10)] == ["channel.disallow", "channel.allow", "channel.allow"]
+
+
+async def test_spoiler_mode_and_job_provenance_are_stored(store: Store) -> None:
+    assert (await store.get_policy(G)).spoiler_mode == "off"
+    policy = await store.update_policy(G, actor_id=ADMIN, now=NOW, spoiler_mode="outside_nsfw")
+    assert policy.spoiler_mode == "outside_nsfw" == (await store.get_policy(G)).spoiler_mode
+    record = await store.create_job_with_hold(
+        new_job("a" * 32, style="noir", remix_of="b" * 32, spoiler=True), UNLIMITED, now=NOW
+    )
+    stored = await store.get_job(record.id)
+    assert stored is not None and (stored.style, stored.remix_of, stored.spoiler) == ("noir", "b" * 32, True)
+    assert (record.style, record.remix_of, record.spoiler) == ("noir", "b" * 32, True)

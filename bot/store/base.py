@@ -28,6 +28,7 @@ from bot.store.records import (
     MemberTotals,
     NewJob,
     SpendLine,
+    Style,
 )
 
 
@@ -294,3 +295,36 @@ class Store(ABC):
     @abstractmethod
     async def job_counts(self) -> dict[JobStatus, int]:
         """How many jobs are in each non-terminal status, across every process (the operator's fleet view)."""
+    # --- member preferences, server styles and channel rules (issue 13) ----------------------------------
+
+    @abstractmethod
+    async def member_defaults(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        """A member's saved /imagine defaults on a server (model, aspect_ratio, count, options); {} if none."""
+
+    @abstractmethod
+    async def set_member_defaults(
+        self, guild_id: int, user_id: int, defaults: dict[str, Any] | None, *, now: float
+    ) -> None:
+        """Replace a member's saved defaults; None or {} forgets them."""
+
+    @abstractmethod
+    async def styles(self, guild_id: int) -> list[Style]:
+        """A server's styles, by name."""
+
+    @abstractmethod
+    async def put_style(self, guild_id: int, name: str, template: str, *, actor_id: int, now: float) -> Style:
+        """Add a style, or replace the template of the style of that name, audited."""
+
+    @abstractmethod
+    async def remove_style(self, guild_id: int, name: str, *, actor_id: int, now: float) -> bool:
+        """Remove a style, audited; False when there was none of that name."""
+
+    @abstractmethod
+    async def allowed_channels(self, guild_id: int) -> list[int]:
+        """The channels where /imagine works on a server; empty means every channel."""
+
+    @abstractmethod
+    async def set_channel_allowed(
+        self, guild_id: int, channel_id: int, allowed: bool, *, actor_id: int, now: float
+    ) -> bool:
+        """Add (allowed) or remove a channel from the server's list, audited; False when nothing changed."""

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Period = Literal["day", "week", "month", "unlimited"]
+SpoilerMode = Literal["off", "all", "outside_nsfw"]  # results posted as spoilers: on request, always, outside NSFW
 
 
 class JobStatus(StrEnum):
@@ -72,6 +73,9 @@ class NewJob:
     token_expires_at: float | None = None
     reply_message_id: int | None = None
     upload_limit: int | None = None  # the interaction's attachment size limit, in bytes
+    style: str | None = None  # the server style (by name) whose template wrapped the member's prompt
+    remix_of: str | None = None  # the job this one was remixed from
+    spoiler: bool = False  # post the images as spoilers
 
     @property
     def hold_amount(self) -> int:
@@ -113,6 +117,9 @@ class JobRecord:
     submitted_at: float | None = None
     completed_at: float | None = None  # the gateway reported the images ready
     finished_at: float | None = None
+    style: str | None = None
+    remix_of: str | None = None
+    spoiler: bool = False
 
     @property
     def is_terminal(self) -> bool:
@@ -181,6 +188,7 @@ class GuildPolicy:
     model_rules: dict[str, bool] = field(default_factory=dict)  # model -> allowed
     models_allowed_by_default: bool = True
     language: str = "auto"  # what the bot posts on its own here: "auto" (Discord's preferred locale) or a code
+    spoiler_mode: SpoilerMode = "off"
 
     def is_model_allowed(self, model: str) -> bool:
         return self.model_rules.get(model, self.models_allowed_by_default)
@@ -221,5 +229,16 @@ class BlockedTerm:
     guild_id: int
     pattern: str
     is_regex: bool
+    created_by: int
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Style:
+    """A server's named prompt template; `template` contains `{prompt}` where the member's text goes."""
+
+    guild_id: int
+    name: str
+    template: str
     created_by: int
     created_at: float

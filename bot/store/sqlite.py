@@ -71,6 +71,7 @@ from bot.store.records import (
     MemberTotals,
     NewJob,
     SpendLine,
+    Style,
 )
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,7 @@ _POLICY_FIELDS = frozenset(
         "quote_threshold",
         "models_allowed_by_default",
         "language",
+        "spoiler_mode",
     }
 )
 _NEW_JOB_FIELDS = tuple(f.name for f in dataclass_fields(NewJob))
@@ -311,6 +313,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
     values["options"] = json.loads(values["options"])
     values["status"] = JobStatus(values["status"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["spoiler"] = bool(values["spoiler"])
     return JobRecord(**values)
 
 
@@ -343,6 +346,7 @@ def _policy_from_row(guild_id: int, row: sqlite3.Row) -> GuildPolicy:
         model_rules=rules,
         models_allowed_by_default=bool(row["models_allowed_by_default"]),
         language=row["language"],
+        spoiler_mode=row["spoiler_mode"],
     )
 
 
@@ -1299,6 +1303,94 @@ class SqliteStore(Store):
     async def job_counts(self) -> dict[JobStatus, int]:
         rows = await self._read(f"SELECT status, count(*) FROM jobs WHERE status IN {_ACTIVE_SQL} GROUP BY status")
         return {JobStatus(status): int(n) for status, n in rows}
+
+
+    # --- member preferences, server styles and channel rules ---------------------------------------------
+
+    async def member_defaults(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        rows = await self._read(
+            "SELECT defaults FROM member_defaults WHERE guild_id = ? AND user_id = ?", (guild_id, user_id)
+        )
+        return dict(json.loads(rows[0]["defaults"])) if rows else {}
+
+    async def set_member_defaults(
+        self, guild_id: int, user_id: int, defaults: dict[str, Any] | None, *, now: float
+    ) -> None:
+        if defaults:
+            await self._single(
+                "INSERT INTO member_defaults (guild_id, user_id, defaults, updated_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (guild_id, user_id) DO UPDATE SET defaults = excluded.defaults,"
+                " updated_at = excluded.updated_at",
+                (guild_id, user_id, _dump(defaults), now),
+            )
+        else:
+            await self._single("DELETE FROM member_defaults WHERE guild_id = ? AND user_id = ?", (guild_id, user_id))
+
+    async def styles(self, guild_id: int) -> list[Style]:
+        rows = await self._read("SELECT * FROM styles WHERE guild_id = ? ORDER BY name", (guild_id,))
+        return [
+            Style(
+                guild_id=row["guild_id"],
+                name=row["name"],
+                template=row["template"],
+                created_by=row["created_by"],
+                created_at=row["created_at"],
+            )
+            for row in rows
+        ]
+
+    async def put_style(self, guild_id: int, name: str, template: str, *, actor_id: int, now: float) -> Style:
+        async def body(db: aiosqlite.Connection) -> None:
+            await self._pipeline(
+                db.execute(
+                    "INSERT INTO styles (guild_id, name, template, created_by, created_at) VALUES (?, ?, ?, ?, ?)"
+                    " ON CONFLICT (guild_id, name) DO UPDATE SET template = excluded.template,"
+                    " created_by = excluded.created_by, created_at = excluded.created_at",
+                    (guild_id, name, template, actor_id, now),
+                ),
+                self._audit(db, guild_id, actor_id, "style.put", {"name": name, "template": template}, now),
+            )
+
+        await self._write(body)
+        return Style(guild_id=guild_id, name=name, template=template, created_by=actor_id, created_at=now)
+
+    async def remove_style(self, guild_id: int, name: str, *, actor_id: int, now: float) -> bool:
+        async def body(db: aiosqlite.Connection) -> bool:
+            rows = list(
+                await db.execute_fetchall(
+                    "DELETE FROM styles WHERE guild_id = ? AND name = ? RETURNING template", (guild_id, name)
+                )
+            )
+            if not rows:
+                return False
+            await self._audit(db, guild_id, actor_id, "style.remove", {"name": name, "template": rows[0][0]}, now)
+            return True
+
+        return await self._write(body)
+
+    async def allowed_channels(self, guild_id: int) -> list[int]:
+        rows = await self._read(
+            "SELECT channel_id FROM channel_rules WHERE guild_id = ? ORDER BY channel_id", (guild_id,)
+        )
+        return [int(row[0]) for row in rows]
+
+    async def set_channel_allowed(
+        self, guild_id: int, channel_id: int, allowed: bool, *, actor_id: int, now: float
+    ) -> bool:
+        change = (
+            "INSERT INTO channel_rules (guild_id, channel_id) VALUES (?, ?) ON CONFLICT DO NOTHING RETURNING 1"
+            if allowed
+            else "DELETE FROM channel_rules WHERE guild_id = ? AND channel_id = ? RETURNING 1"
+        )
+        action = "channel.allow" if allowed else "channel.disallow"
+
+        async def body(db: aiosqlite.Connection) -> bool:
+            if not list(await db.execute_fetchall(change, (guild_id, channel_id))):
+                return False
+            await self._audit(db, guild_id, actor_id, action, {"channel_id": channel_id}, now)
+            return True
+
+        return await self._write(body)
 
 
 def _guild_ops_from_row(guild_id: int, row: sqlite3.Row | None) -> GuildOps:

@@ -13,7 +13,7 @@ import pytest
 
 from bot.store.records import Allowance, EntryKind, GuildPolicy, JobRecord
 from tests.e2e.harness import WAIT, World
-from tests.fakes.fake_discord import Callback, CallbackType, FakeDiscord, FakeMember
+from tests.fakes.fake_discord import Callback, CallbackType, FakeDiscord, FakeMember, FakeMessage
 
 MISSING_PERMISSION = "You need the Manage Server permission to do that."
 NOT_A_MEMBER = "That user is not a member of this server."
@@ -43,6 +43,14 @@ ADMIN_COMMANDS: dict[str, Callable[[FakeDiscord], dict[str, Any]]] = {
     "models enable": lambda fd: {"model": "gpt-image-1"},
     "models disable": lambda fd: {"model": "gpt-image-1"},
     "models default": lambda fd: {"model": "gpt-image-1"},
+    "server show": lambda fd: {},
+    "server spoilers": lambda fd: {"mode": "all"},
+    "server channels add": lambda fd: {"channel": fd.channel},
+    "server channels remove": lambda fd: {"channel": fd.channel},
+    "server channels list": lambda fd: {},
+    "styles add": lambda fd: {"name": "noir", "template": "{prompt}, film noir"},
+    "styles remove": lambda fd: {"name": "noir"},
+    "styles list": lambda fd: {},
 }
 
 
@@ -84,6 +92,16 @@ async def exported(world: World, options: dict[str, str]) -> tuple[str, str, byt
     assert message.ephemeral
     (upload,) = message.attachments
     return message.content, upload.filename, upload.data
+
+
+async def usage_report(world: World) -> FakeMessage:
+    """Run /usage server as the admin: it defers (ephemerally), then sends the report with its chart."""
+    fi = await world.command("usage server", user=world.fd.admin)
+    assert fi.callback is not None and fi.callback.type == CallbackType.DEFERRED_CHANNEL_MESSAGE
+    assert fi.callback.ephemeral
+    message = await fi.wait_for_message_state(lambda m: not m.loading and m.attachments, WAIT)
+    assert message.ephemeral
+    return message
 
 
 def fields(callback: Callback) -> dict[str, str]:
@@ -154,12 +172,14 @@ def parse_csv(data: bytes) -> list[dict[str, str]]:
 async def test_every_admin_command_is_covered_and_hinted_as_manage_server(running: World) -> None:
     synced = {c["name"]: c for c in running.fd.commands_for(guild_id(running))}
     paths = set()
-    for name in ("quota", "budget", "usage", "server", "blocklist", "audit", "models"):
+    for name in ("quota", "budget", "usage", "server", "blocklist", "audit", "models", "styles"):
         command = synced[name]
         if name != "models":  # /models list is for everyone, so only its admin subcommands are checked
             assert int(command["default_member_permissions"]) == 32, f"/{name} hints Manage Server"
         subs = [o["name"] for o in command.get("options", []) if o["type"] == 1]
-        paths |= {f"{name} {sub}" for sub in subs} if subs else {name}
+        groups = [o for o in command.get("options", []) if o["type"] == 2]
+        paths |= {f"{name} {sub}" for sub in subs} if subs or groups else {name}
+        paths |= {f"{name} {g['name']} {o['name']}" for g in groups for o in g.get("options", [])}
     assert paths - {"models list"} == set(ADMIN_COMMANDS)
 
 
@@ -469,11 +489,11 @@ async def test_usage_server_and_member_show_spend_by_model_and_top_members(runni
     await deliver(running, "a hill, smaller", model=MINI)
     await deliver(running, "a dale", user=bob, model=MINI)
 
-    report = await answer(running, "usage server")
-    embed = report.data["embeds"][0]  # type: ignore[index]
+    message = await usage_report(running)
+    (embed,) = message.embeds
     assert embed["title"] == "Spent this period: 55 credits"
     assert embed["description"].startswith("Since <t:") and ":D> · resets <t:" in embed["description"]
-    assert fields(report) == {
+    assert {f["name"]: f["value"] for f in embed["fields"]} == {
         "By model": f"`{GEMINI}` · 39\n`{MINI}` · 16",
         "Top members": f"<@{alice.id}> · 47\n<@{bob.id}> · 8",
     }

@@ -70,7 +70,7 @@ async def test_korean_and_english_members_side_by_side_through_a_whole_job(runni
     assert status_line(ko_done) == "완료 · 20 크레딧 차감 · 480 남음"
     assert status_line(en_done) == "Done · Charged 20 credits · 480 left"
     labels = [c.get("label") for row in ko_done.components for c in row.get("components", [])]
-    assert labels == ["다시 생성", "삭제"]
+    assert labels == ["다시 생성", "리믹스", "자세히", "삭제"]
 
 
 async def test_korean_sync_job_failure_and_refusal(running: World) -> None:
@@ -237,7 +237,12 @@ async def test_a_result_through_the_channel_is_in_the_servers_language(world: Wo
     final = await _expired_channel_result(world, "지도", "ko")
     assert_english(final, "지도")
     assert status_line(final) == "Done · Charged 20 credits · 460 left"
-    assert [c.get("label") for row in final.components for c in row.get("components", [])] == ["Re-roll", "Delete"]
+    assert [c.get("label") for row in final.components for c in row.get("components", [])] == [
+        "Re-roll",
+        "Remix",
+        "Details",
+        "Delete",
+    ]
 
 
 async def test_a_korean_job_stays_korean_after_a_restart(world: World) -> None:

@@ -485,6 +485,7 @@ class FakeGuild:
     roles: dict[int, FakeRole] = field(default_factory=dict)
     channels: dict[int, FakeChannel] = field(default_factory=dict)
     members: dict[int, FakeMember] = field(default_factory=dict)
+    automod_rules: list[dict[str, Any]] = field(default_factory=list)  # served at /auto-moderation/rules
 
     def __post_init__(self) -> None:
         if self.id not in self.roles:
@@ -530,6 +531,39 @@ class FakeGuild:
         )
         self.channels[channel.id] = channel
         return channel
+
+    def add_automod_rule(
+        self,
+        name: str,
+        *,
+        keyword_filter: Sequence[str] = (),
+        regex_patterns: Sequence[str] = (),
+        allow_list: Sequence[str] = (),
+        enabled: bool = True,
+        trigger_type: int = 1,
+        exempt_roles: Iterable[Any] = (),
+        exempt_channels: Iterable[Any] = (),
+    ) -> dict[str, Any]:
+        """Add an AutoMod rule as Discord stores it (trigger_type 1: KEYWORD; event_type 1: MESSAGE_SEND)."""
+        rule = {
+            "id": str(make_snowflake()),
+            "guild_id": str(self.id),
+            "name": name,
+            "creator_id": str(self.owner_id),
+            "event_type": 1,
+            "trigger_type": trigger_type,
+            "trigger_metadata": {
+                "keyword_filter": list(keyword_filter),
+                "regex_patterns": list(regex_patterns),
+                "allow_list": list(allow_list),
+            },
+            "actions": [{"type": 1, "metadata": {}}],
+            "enabled": enabled,
+            "exempt_roles": [str(_id_of(r)) for r in exempt_roles],
+            "exempt_channels": [str(_id_of(c)) for c in exempt_channels],
+        }
+        self.automod_rules.append(rule)
+        return rule
 
     def add_member(self, user: FakeUser | str, *, roles: Iterable[Any] = (), nick: str | None = None) -> FakeMember:
         """Add a member; pass a :class:`FakeUser` or just a username (a user is made for it)."""
@@ -687,6 +721,11 @@ class FakeAttachment:
     @property
     def is_png(self) -> bool:
         return self.data.startswith(b"\x89PNG\r\n\x1a\n")
+
+    @property
+    def is_spoiler(self) -> bool:
+        """Discord blurs an attachment whose file name starts with SPOILER_."""
+        return self.filename.startswith("SPOILER_")
 
     def payload(self) -> dict[str, Any]:
         """The attachment object as Discord sends it."""
@@ -2238,6 +2277,7 @@ class FakeDiscord:
         r("GET", "/guilds/{guild_id}/channels", self._get_guild_channels)
         r("GET", "/guilds/{guild_id}/roles", self._get_guild_roles)
         r("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member)
+        r("GET", "/guilds/{guild_id}/auto-moderation/rules", self._get_automod_rules)
         r("POST", "/interactions/{interaction_id}/{token}/callback", self._interaction_callback)
         r("POST", "/webhooks/{application_id}/{token}", self._post_followup)
         r("GET", "/webhooks/{application_id}/{token}/messages/{message_id}", self._get_webhook_message)
@@ -2479,6 +2519,15 @@ class FakeDiscord:
         if member is None:
             return _error(404, ErrorCode.UNKNOWN_MEMBER, "Unknown Member")
         return _json_response(member.payload())
+
+    async def _get_automod_rules(self, ctx: _Ctx) -> web.Response:
+        guild = self.guilds.get(int(ctx.params["guild_id"]))
+        if guild is None:
+            return _error(404, ErrorCode.UNKNOWN_GUILD, "Unknown Guild")
+        perms = guild.base_permissions(self.bot_user.id)
+        if not perms & (Perm.MANAGE_GUILD | Perm.ADMINISTRATOR):
+            return _error(403, ErrorCode.MISSING_PERMISSIONS, "Missing Permissions")
+        return _json_response(copy.deepcopy(guild.automod_rules))
 
     # ------------------------------------------------------------------ REST: application commands
 
