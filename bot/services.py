@@ -9,6 +9,7 @@ import aiohttp
 from bot.catalog import Catalog
 from bot.config import Settings
 from bot.gateway import GatewayClient
+from bot.images import set_memory_budget
 from bot.jobs import JobService
 from bot.ledger import Ledger
 from bot.moderation import Moderator
@@ -35,6 +36,7 @@ class Services:
     def build(cls, settings: Settings, session: aiohttp.ClientSession, store: Store) -> Services:
         """Wire the core together. Raises `CatalogError` when the model catalog is unreadable."""
         catalog = Catalog.load(settings.model_catalog_path)
+        set_memory_budget(settings.image_memory_budget_bytes)
         ledger = Ledger.from_settings(store, settings)
         gateway = GatewayClient.from_settings(session, settings)
         jobs = JobService(
