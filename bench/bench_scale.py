@@ -17,7 +17,9 @@ Per burst it prints:
 - overhead: the gateway's answer (the poll that said done; for sync models, the POST's answer) -> the
   final edit of the reply carrying the image, p50 / p95 / max;
 - peak RSS of the bot process during the burst (VmHWM after a reset through /proc/PID/clear_refs);
-- worst loop stall: the longest an event-loop timer in the bot process was late;
+- worst loop stall: the longest an event-loop timer in the bot process was late (and the longest pause
+  of the garbage collector, which stops the loop too; on a loaded machine a stall may also be the OS not
+  running the process);
 - polls per job and detection lag (completion -> the poll that saw it, median);
 - Discord: 429s the fake answered, and requests over Discord's documented limits (5 per 2 s per
   interaction token; 50 per second over all bot-token routes, which interaction routes are exempt from);
@@ -163,7 +165,7 @@ class BotProcess:
                 with contextlib.suppress(ValueError):
                     return json.loads(self.stats_file.read_text())  # type: ignore[no-any-return]
             await asyncio.sleep(0.05)
-        return {"worst_stall": float("nan"), "samples": 0}
+        return {"worst_stall": float("nan"), "samples": 0, "worst_gc": float("nan")}
 
 
 @dataclass
@@ -177,6 +179,7 @@ class BurstResult:
     overhead: list[float]
     peak_rss_mb: float
     worst_stall_ms: float
+    worst_gc_ms: float
     polls_per_job: float | None
     lag_median: float | None
     discord_429: int
@@ -203,7 +206,8 @@ class BurstResult:
             f"  overhead (answer -> image edit)  p50 {quantile(self.overhead, 0.5) * ms:.0f} ms"
             f"  p95 {quantile(self.overhead, 0.95) * ms:.0f} ms"
             f"  max {max(self.overhead, default=float('nan')) * ms:.0f} ms",
-            f"  bot peak RSS {self.peak_rss_mb:.0f} MB  worst loop stall {self.worst_stall_ms:.0f} ms  {poll}",
+            f"  bot peak RSS {self.peak_rss_mb:.0f} MB  worst loop stall {self.worst_stall_ms:.0f} ms"
+            f" (longest GC pause {self.worst_gc_ms:.0f} ms)  {poll}",
             f"  Discord 429s {self.discord_429}  over limits: per token {self.token_excess} (most {self.token_most}"
             f" per 2 s)  global bot-token {self.global_excess} (most {self.global_most} per s)",
             f"  CPU: bot {self.bot_cpu:.1f}s ({self.bot_cpu / self.wall:.0%} of a core),"
@@ -255,7 +259,8 @@ async def run_burst(
     wall = max(final_at.values(), default=time.monotonic()) - started
     bot_cpu, bench_cpu = bot.cpu_seconds() - bot_cpu0, sum(os.times()[:2]) - bench_cpu0
     peak = bot.peak_rss_mb()
-    stall = (await bot.loop_stats())["worst_stall"] * 1000
+    loop_stats = await bot.loop_stats()
+    stall, gc_pause = loop_stats["worst_stall"] * 1000, loop_stats.get("worst_gc", float("nan")) * 1000
 
     posts = {r.json.get("prompt"): r.at for r in gw.requests if r.kind == "POST" and isinstance(r.json, dict)}
     operations: dict[str, Operation] = {op.prompt: op for op in gw.operations.values()}
@@ -298,6 +303,7 @@ async def run_burst(
         overhead=overhead,
         peak_rss_mb=peak,
         worst_stall_ms=stall,
+        worst_gc_ms=gc_pause,
         polls_per_job=statistics.fmean(polls) if polls else None,
         lag_median=statistics.median(lags) if lags else None,
         discord_429=sum(1 for r in burst_requests if r.status == 429),

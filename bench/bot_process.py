@@ -5,12 +5,14 @@
 Settings come from the environment as in production (`bot.__main__.load_settings`). The only differences
 from `python -m bot`: discord.py is pointed at the fake Discord (as `FakeDiscord.patch_discord` does in the
 e2e tests), and a probe measures how late the event loop wakes a 10 ms timer. On SIGUSR1 the process writes
-the worst lateness since the previous SIGUSR1 to BENCH_STATS_FILE (JSON) and starts a new window.
+the worst lateness since the previous SIGUSR1 (and the longest garbage-collector pause) to BENCH_STATS_FILE
+(JSON) and starts a new window.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -32,6 +34,16 @@ class LoopLagProbe:
     def __init__(self) -> None:
         self.worst = 0.0
         self.samples = 0
+        # The garbage collector stops the loop too; its own pauses tell a GC stall from a busy loop.
+        self.worst_gc = 0.0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.worst_gc = max(self.worst_gc, time.perf_counter() - self._gc_started)
 
     async def run(self) -> None:
         while True:
@@ -44,9 +56,9 @@ class LoopLagProbe:
     def dump(self, path: str) -> None:
         """Write the window's figures to `path` and start a new window."""
         with open(path + ".tmp", "w") as out:
-            json.dump({"worst_stall": self.worst, "samples": self.samples}, out)
+            json.dump({"worst_stall": self.worst, "samples": self.samples, "worst_gc": self.worst_gc}, out)
         os.replace(path + ".tmp", path)
-        self.worst = 0.0
+        self.worst = self.worst_gc = 0.0
         self.samples = 0
 
 

@@ -44,7 +44,13 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
     from bot.discord_app import ImagineBot  # the adapter seam: the one place bot/ touches discord
 
     timeout = aiohttp.ClientTimeout(total=None, connect=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session, open_store(settings.database_url) as store:
+    # No cap on connections (aiohttp's default is 100): a sync model holds its POST open for the whole
+    # generation, so 100 of them would keep every other job's request waiting. MAX_JOBS_GLOBAL bounds it.
+    connector = aiohttp.TCPConnector(limit=0)
+    async with (
+        aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
+        open_store(settings.database_url) as store,
+    ):
         services = Services.build(settings, session, store)
         async with ImagineBot(settings, services) as bot:
             loop = asyncio.get_running_loop()

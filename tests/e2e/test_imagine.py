@@ -68,6 +68,21 @@ async def test_images_beyond_the_memory_budget_are_uploaded_from_disk(world: Wor
         assert [a.data for a in message.attachments] == expected
 
 
+async def test_more_sync_jobs_than_a_connection_pool_reach_the_gateway_together(world: World) -> None:
+    """A sync model holds its POST open while it generates; 120 of them must all be at the gateway at once
+    (aiohttp's default pool of 100 connections kept the rest waiting for a whole generation)."""
+    jobs = 120
+    await world.start(max_jobs_per_member=jobs, max_jobs_per_guild=jobs, max_jobs_global=jobs, default_allowance=10**6)
+    release = asyncio.Event()
+    world.gw.enqueue(Reply.held(release), method="POST", times=None)
+    interactions = [await world.imagine(f"held {i}", model="gemini-2.5-flash-image") for i in range(jobs)]
+    await world.fd.wait_for(lambda: len(world.gw.posts) >= jobs, timeout=WAIT, what=f"{jobs} POSTs at once")
+    release.set()
+    for fi in interactions:
+        message = await fi.wait_for_message_state(lambda m: bool(m.attachments), WAIT)
+        assert len(message.attachments) == 1
+
+
 FAILURES = [
     ("401", Reply.error(401, "authentication_error - invalid key"), "image service key was rejected"),
     ("402", Reply.error(402, "insufficient credits"), "credits are used up"),
