@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.fakes.fake_discord import DEFAULT_TOKEN, FakeDiscord, FakeInteraction, FakeUser
 from tests.fakes.fake_gateway import FakeGateway, Operation
@@ -155,7 +156,7 @@ class BotProcess:
                 return int(line.split()[1]) / 1024
         return float("nan")
 
-    async def loop_stats(self) -> dict[str, float]:
+    async def loop_stats(self) -> dict[str, Any]:
         """The probe's worst stall since the previous call (and start a new window)."""
         before = self.stats_file.stat().st_mtime_ns if self.stats_file.exists() else 0
         self.proc.send_signal(signal.SIGUSR1)  # type: ignore[union-attr]
@@ -260,6 +261,8 @@ async def run_burst(
     bot_cpu, bench_cpu = bot.cpu_seconds() - bot_cpu0, sum(os.times()[:2]) - bench_cpu0
     peak = bot.peak_rss_mb()
     loop_stats = await bot.loop_stats()
+    for part, (seconds, calls) in sorted(loop_stats.get("dispatch", {}).items()):  # BENCH_PROFILE_DISPATCH=1
+        print(f"  [dispatch profile] {part}: {seconds:.2f}s in {calls:.0f} calls")
     stall, gc_pause = loop_stats["worst_stall"] * 1000, loop_stats.get("worst_gc", float("nan")) * 1000
 
     posts = {r.json.get("prompt"): r.at for r in gw.requests if r.kind == "POST" and isinstance(r.json, dict)}

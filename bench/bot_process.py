@@ -34,6 +34,7 @@ class LoopLagProbe:
     def __init__(self) -> None:
         self.worst = 0.0
         self.samples = 0
+        self.profile: DispatchProfile | None = None
         # The garbage collector stops the loop too; its own pauses tell a GC stall from a busy loop.
         self.worst_gc = 0.0
         self._gc_started = 0.0
@@ -56,10 +57,73 @@ class LoopLagProbe:
     def dump(self, path: str) -> None:
         """Write the window's figures to `path` and start a new window."""
         with open(path + ".tmp", "w") as out:
-            json.dump({"worst_stall": self.worst, "samples": self.samples, "worst_gc": self.worst_gc}, out)
+            figures = {"worst_stall": self.worst, "samples": self.samples, "worst_gc": self.worst_gc}
+            if self.profile is not None:
+                figures["dispatch"] = self.profile.snapshot()
+            json.dump(figures, out)
         os.replace(path + ".tmp", path)
         self.worst = self.worst_gc = 0.0
         self.samples = 0
+
+
+class DispatchProfile:
+    """Where the dispatcher's time goes (BENCH_PROFILE_DISPATCH=1): wall time inside `JobService._dispatch`
+    and, within it, in the store reads and claims and the scheduling functions. Bench-only: it wraps the
+    methods from outside, nothing in bot/ knows about it."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+        self.dispatcher: asyncio.Task[object] | None = None
+
+    def install(self) -> None:
+        import bot.jobs
+        from bot.store.sqlite import SqliteStore
+
+        def timed_async(owner: object, name: str, label: str, only_inside: bool) -> None:
+            original = getattr(owner, name)
+
+            async def wrapper(*args: object, **kwargs: object) -> object:
+                task = asyncio.current_task()
+                if only_inside and task is not self.dispatcher:
+                    return await original(*args, **kwargs)  # a job's own call, not the dispatcher's
+                if not only_inside:
+                    self.dispatcher = task
+                started = time.perf_counter()
+                try:
+                    return await original(*args, **kwargs)
+                finally:
+                    self._add(label, time.perf_counter() - started)
+
+            setattr(owner, name, wrapper)
+
+        def timed_sync(module: object, name: str) -> None:
+            original = getattr(module, name)
+
+            def wrapper(*args: object, **kwargs: object) -> object:
+                started = time.perf_counter()
+                try:
+                    return original(*args, **kwargs)
+                finally:
+                    self._add(name, time.perf_counter() - started)
+
+            setattr(module, name, wrapper)
+
+        timed_async(bot.jobs.JobService, "_dispatch", "dispatch (all)", only_inside=False)
+        timed_async(SqliteStore, "active_jobs", "store.active_jobs", only_inside=True)
+        timed_async(SqliteStore, "update_job", "store.update_job (claims)", only_inside=True)
+        timed_sync(bot.jobs, "pick_jobs_to_start")
+        timed_sync(bot.jobs, "queue_positions")
+
+    def _add(self, label: str, seconds: float) -> None:
+        self.totals[label] = self.totals.get(label, 0.0) + seconds
+        self.counts[label] = self.counts.get(label, 0) + 1
+
+    def snapshot(self) -> dict[str, list[float]]:
+        figures = {k: [self.totals[k], self.counts[k]] for k in self.totals}
+        self.totals.clear()
+        self.counts.clear()
+        return figures
 
 
 async def main() -> None:
@@ -76,7 +140,11 @@ async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = float(os.environ["BENCH_SLOW_CALLBACK_MS"]) / 1000
+    profile = DispatchProfile()
+    if os.environ.get("BENCH_PROFILE_DISPATCH"):
+        profile.install()
     probe = LoopLagProbe()
+    probe.profile = profile
     probe_task = asyncio.create_task(probe.run(), name="loop-lag-probe")
     stats_file = os.environ["BENCH_STATS_FILE"]
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, probe.dump, stats_file)

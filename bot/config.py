@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=8.0, ge=0)
 
     # Operations
+    gc_freeze_after_start: bool = True  # keep start-up objects out of garbage-collector scans (gc.freeze)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from bot.__main__ import freeze_startup_heap
 from bot.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +64,21 @@ def test_the_example_env_file_with_only_the_secrets_filled_is_valid(tmp_path: Pa
     settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
     assert settings.dev_guild_id is None and settings.model_catalog_path is None
     assert settings.discord_token.get_secret_value() == "tok-abcdefgh"
+
+
+async def test_freeze_startup_heap_waits_for_ready_then_freezes() -> None:
+    ready = asyncio.Event()
+
+    async def wait_ready() -> bool:
+        return await ready.wait()
+
+    gc.unfreeze()
+    task = asyncio.create_task(freeze_startup_heap(wait_ready))
+    await asyncio.sleep(0)
+    try:
+        assert gc.get_freeze_count() == 0, "nothing frozen before the bot is ready"
+        ready.set()
+        await asyncio.wait_for(task, 10)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
