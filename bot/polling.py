@@ -36,6 +36,7 @@ _BUDGET_STEPS = 14  # bisection steps fitting the stretch (precision ~0.1 %)
 _MAX_STRETCH = 64.0
 _TAIL_SURVIVAL = 1e-4  # expected polls are summed until this share of jobs is still running
 _MAX_COUNTED_POLLS = 400
+REFIT_AFTER = 5.0  # seconds a model's fitted schedule is reused while its full history changes
 PRIOR_SPREAD = 0.5  # log-scale spread assumed before there is history (a factor ~1.6 either way)
 PRIOR_WEIGHT = 2.0  # the prior counts as this many observations when estimating the spread
 MIN_SPREAD = 0.05  # timer noise: never assume durations tighter than ±5 %
@@ -251,9 +252,9 @@ class PollPlanner:
         self.density = density
         self.budget = budget
         self.reference_interval = reference_interval
-        # model -> (the durations it was fitted on, the schedule): fitting to a budget costs about a
-        # millisecond, and a burst of jobs of one model would pay it once per job.
-        self._fitted: dict[str, tuple[tuple[float, ...], PollSchedule]] = {}
+        # model -> (the durations it was fitted on, when, the schedule): fitting to a budget costs about
+        # 1.5 ms, and in a burst every finished job changes the history of the jobs still starting.
+        self._fitted: dict[str, tuple[tuple[float, ...], float, PollSchedule]] = {}
         self.history_size = history_size
         self.default_expected = default_expected
         self.min_interval = min_interval
@@ -278,8 +279,13 @@ class PollPlanner:
         """The schedule for a new operation of `model`, from its latest recorded durations."""
         durations = tuple(await self._store.recent_durations(model, self.history_size))
         cached = self._fitted.get(model)
-        if cached is not None and cached[0] == durations:
-            return cached[1]
+        now = self._clock()
+        # One new duration out of 20 barely moves the fit: refit at most every REFIT_AFTER seconds, but at
+        # once while the history is still short (the first jobs of a model teach the most).
+        if cached is not None and (
+            cached[0] == durations or (len(cached[0]) >= self.history_size and now - cached[1] < REFIT_AFTER)
+        ):
+            return cached[2]
         schedule = PollSchedule.from_history(
             list(durations),
             default_expected=self.default_expected,
@@ -290,7 +296,7 @@ class PollPlanner:
             budget=self.budget,
             reference_interval=self.reference_interval,
         )
-        self._fitted[model] = (durations, schedule)
+        self._fitted[model] = (durations, now, schedule)
         return schedule
 
     async def record(self, model: str, seconds: float) -> None:

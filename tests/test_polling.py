@@ -225,12 +225,22 @@ def test_finish_chance_is_highest_where_jobs_usually_finish() -> None:
     assert no_history.finish_chance(5, 10) == pytest.approx(0.5)
 
 
-async def test_planner_fits_once_per_history() -> None:
+async def test_planner_refits_a_full_history_at_most_every_few_seconds() -> None:
     store = MemoryDurations()
-    planner = PollPlanner(store, history_size=20, default_expected=20, min_interval=MIN, max_interval=MAX)
-    for seconds in lognormal(8.0, 0.3, 20):
+    now = [1000.0]
+    planner = PollPlanner(
+        store, history_size=20, default_expected=20, min_interval=MIN, max_interval=MAX, clock=lambda: now[0]
+    )
+    for seconds in lognormal(8.0, 0.3, 19):
         await planner.record("m", seconds)
+    short = await planner.schedule_for("m")
+    await planner.record("m", 8.0)
     first = await planner.schedule_for("m")
+    assert first is not short, "a history still filling up is refitted at once"
     assert await planner.schedule_for("m") is first  # same history: the same fitted schedule
-    await planner.record("m", 30.0)
-    assert await planner.schedule_for("m") is not first
+    for _ in range(12):
+        await planner.record("m", 30.0)  # the model got much slower
+    assert await planner.schedule_for("m") is first, "a full history changed: reused for a while"
+    now[0] += 6.0
+    refitted = await planner.schedule_for("m")
+    assert refitted is not first and refitted.expected > 2 * first.expected
