@@ -3,7 +3,8 @@
 The operator is the application's owner or a member of its team (discord.py's `is_owner`), or a user in
 OWNER_IDS. Every command checks that in the bot before doing anything (Discord's `default_permissions` only
 hides the commands from non-admins) and answers ephemerally. Alerts to OPERATOR_ALERT_CHANNEL_ID and to a
-server's log channel are posted from here; admin changes are forwarded to the log channel after each command.
+server's log channel are posted from here, each in the language of the server the channel is in; admin changes
+are forwarded to the log channel after each command.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from discord.ext import commands
 from bot.discord_app import NO_MENTIONS, locale_of
 from bot.errors import InvalidValueError, NotOperatorError
 from bot.messages import text
+from cogs.presenter import server_locale
 
 if TYPE_CHECKING:
     from bot.discord_app import ImagineBot
@@ -52,11 +54,19 @@ class OperatorCog(commands.Cog):
         if alerts.operator_sink is None and bot.settings.operator_alert_channel_id is not None:
             channel_id = bot.settings.operator_alert_channel_id
             alerts.operator_sink = lambda content: self._post(channel_id, content)
+            alerts.operator_language = lambda: self._channel_language(channel_id)
         alerts.guild_sink = self._post
+        alerts.guild_language = lambda guild_id: server_locale(bot, guild_id)
 
     async def _post(self, channel_id: int, content: str) -> None:
         channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
         await channel.send(content, allowed_mentions=NO_MENTIONS)  # type: ignore[union-attr]
+
+    async def _channel_language(self, channel_id: int) -> str | None:
+        """The language of the server that holds a channel (None for a channel outside any server)."""
+        channel = self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
+        guild = getattr(channel, "guild", None)
+        return None if guild is None else await server_locale(self.bot, guild.id)
 
     async def is_operator(self, user: discord.abc.User) -> bool:
         """The application's owner or team member, or a user in OWNER_IDS."""

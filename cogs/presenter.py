@@ -55,6 +55,15 @@ def _file_prefix(job: JobRecord) -> str:
 SPOILER_PREFIX = "SPOILER_"  # Discord shows an attachment so named as a spoiler
 
 
+async def server_locale(bot: ImagineBot, guild_id: int) -> str:
+    """The language of what the bot posts on its own in a server (a result or failure through the channel,
+    a log-channel notice): the admin's `/server language`, or else Discord's preferred locale of the server."""
+    policy = await bot.services.store.get_policy(guild_id)
+    guild = bot.get_guild(guild_id)
+    preferred = getattr(guild.preferred_locale, "value", None) if guild is not None else None
+    return server_language(policy.language, preferred)
+
+
 class DiscordJobPresenter:
     """Implements `bot.jobs.JobPresenter` for Discord."""
 
@@ -101,11 +110,8 @@ class DiscordJobPresenter:
         return guild_limit
 
     async def _server_locale(self, job: JobRecord) -> str:
-        """The language of what is posted for the whole channel: the admin's setting or Discord's guild locale."""
-        policy = await self._bot.services.store.get_policy(job.guild_id)
-        guild = self._bot.get_guild(job.guild_id)
-        preferred = getattr(guild.preferred_locale, "value", None) if guild is not None else None
-        return server_language(policy.language, preferred)
+        """The language of what is posted for the whole channel."""
+        return await server_locale(self._bot, job.guild_id)
 
     async def _edit(self, job: JobRecord, build: Callable[[str], dict[str, Any]]) -> None:
         """Edit the job's reply (no uploads) by the best route available, with `build(locale)`'s fields: the

@@ -32,7 +32,7 @@ def test_an_unshipped_locale_falls_back_to_english_and_fills_parameters() -> Non
 def test_korean_locale_gets_korean_with_grouped_digits() -> None:
     error = errors.InsufficientCreditsError(needed=12_000, available=3_500)
     assert error_text(error, "ko") == (
-        "12,000 크레딧이 필요해요. 지금 쓸 수 있는 크레딧: 3,500. 크레딧은 차감되지 않았어요."
+        "12,000 크레딧이 필요한데 지금 쓸 수 있는 크레딧은 3,500 크레딧이에요. 크레딧은 차감되지 않았어요."
     )
 
 

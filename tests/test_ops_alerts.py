@@ -99,3 +99,24 @@ async def test_the_webhook_sink_posts_the_alert_without_mentions() -> None:
     finally:
         await runner.cleanup()
     assert received == [{"content": "hello operator", "allowed_mentions": {"parse": []}}]
+
+
+async def test_log_channel_entries_follow_the_servers_language_setting_without_the_adapter(
+    store: SqliteStore,
+) -> None:
+    """With no Discord locale to ask (no adapter), the admin's /server language alone picks the language."""
+    posted: list[tuple[int, str]] = []
+    alerts = alerts_for(store, [])
+
+    async def guild_sink(channel_id: int, content: str) -> None:
+        posted.append((channel_id, content))
+
+    alerts.guild_sink = guild_sink
+    await store.set_guild_ops(1, actor_id=1234567, now=NOW, log_channel_id=55)
+    await alerts.forward_audit(1)  # as after each command
+    await store.update_policy(1, actor_id=1234567, now=NOW, language="ko")
+    await alerts.forward_audit(1)
+    assert [channel for channel, _ in posted] == [55, 55]
+    english = "Admin change by <@1234567>: log channel set (`server.log_channel`) · log_channel_id=55"
+    assert posted[0][1] == english, "a mention keeps its plain digits"
+    assert posted[1][1] == "<@1234567> 님의 관리자 변경: 서버 설정 변경(`policy.update`) · language=ko"

@@ -7,7 +7,10 @@ once while open. A cap or a budget threshold is announced once per period, claim
 (`Store.claim_alert`), so a restart or a second process does not repeat it.
 
 Where they go is the adapter's business: `operator_sink` and `guild_sink` are set by `cogs/operator.py`
-(a Discord channel) or by `WebhookSink` (OPERATOR_ALERT_WEBHOOK_URL). Every text comes from the catalog.
+(a Discord channel) or by `WebhookSink` (OPERATOR_ALERT_WEBHOOK_URL). Every text comes from the catalog, in
+the language of the server it is posted in: a log channel's notices in its server's language (issue 11:
+what the bot posts on its own follows the server), the operator's alerts in the language of the alert
+channel's server (`operator_language`), or English for a webhook, which has no server.
 """
 
 from __future__ import annotations
@@ -33,8 +36,9 @@ from bot.errors import (
     RequestRejectedError,
     ServerCapReachedError,
 )
+from bot.i18n import server_language
 from bot.ledger import Ledger, period_bounds
-from bot.messages import text
+from bot.messages import has_text, text
 from bot.ops.caps import CapsPolicy
 from bot.store.base import Store
 
@@ -42,6 +46,8 @@ log = logging.getLogger(__name__)
 
 OperatorSink = Callable[[str], Awaitable[None]]
 GuildSink = Callable[[int, str], Awaitable[None]]  # (channel id, text)
+GuildLanguage = Callable[[int], Awaitable[str]]  # a server's language, from its id
+OperatorLanguage = Callable[[], Awaitable[str | None]]  # the language of the operator's alert channel
 
 BUDGET_THRESHOLDS = (100, 80, 50)  # percent, highest first
 AUDIT_FORWARD_BATCH = 20
@@ -85,6 +91,9 @@ class Alerts:
         self.caps: CapsPolicy | None = None  # names the period of a server's cap
         self.operator_sink: OperatorSink | None = None
         self.guild_sink: GuildSink | None = None
+        # Set by the adapter, which knows Discord's preferred_locale; without it, the admin's setting alone.
+        self.guild_language: GuildLanguage | None = None
+        self.operator_language: OperatorLanguage | None = None
         self._open_incidents: set[str] = set()
         self._outcomes: dict[str, deque[bool]] = {}
 
@@ -92,8 +101,13 @@ class Alerts:
         if self.operator_sink is None:
             log.warning("operator alert %s (no OPERATOR_ALERT_CHANNEL_ID or webhook set)", key)
             return
+        language = None
         try:
-            await self.operator_sink(text(key, None, **params))
+            language = None if self.operator_language is None else await self.operator_language()
+        except Exception:  # the alert matters more than its language: English then
+            log.warning("could not tell the language of the operator's alert channel", exc_info=True)
+        try:
+            await self.operator_sink(text(key, language, **params))
             log.info("sent operator alert %s", key)
         except Exception:
             log.warning("could not send operator alert %s", key, exc_info=True)
@@ -169,13 +183,15 @@ class Alerts:
             t for t in crossed if await self._store.claim_alert(f"budget.{guild_id}:{period}:{t}", now=self._clock())
         ]
         if claimed:  # several crossed at once: one message, for the highest
+            language = await self._language(guild_id)
             await self._to_guild(
                 ops.log_channel_id,
                 "log.budget",
+                language,
                 percent=max(claimed),
                 spent=status.spent,
                 budget=budget.amount,
-                period=budget.period,
+                period=text(f"log.this_{budget.period}", language),
             )
 
     async def forward_audit(self, guild_id: int) -> None:
@@ -189,19 +205,37 @@ class Alerts:
             recent = await self._store.recent_audit(guild_id, 1)
             after = recent[0].id - 1 if recent else 0
         entries = await self._store.audit_after(guild_id, after, AUDIT_FORWARD_BATCH)
+        language = await self._language(guild_id) if entries else None
         for entry in entries:
             # Claimed first: a second process (or a retry) never posts the same change twice.
             if await self._store.claim_alert(f"audit.{guild_id}:{entry.id}", now=self._clock()):
                 detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items())[:1500]
+                code = f"audit.{entry.action}"
+                name = text(code, language) if has_text(code) else entry.action
                 await self._to_guild(
-                    ops.log_channel_id, "log.audit", actor=entry.actor_id, action=entry.action, detail=detail
+                    ops.log_channel_id,
+                    "log.audit",
+                    language,
+                    actor=entry.actor_id,
+                    action=entry.action,
+                    name=name,
+                    detail=detail,
                 )
         if entries:
             await self._store.set_meta(marker, str(entries[-1].id))
 
-    async def _to_guild(self, channel_id: int, key: str, **params: Any) -> None:
+    async def _language(self, guild_id: int) -> str:
+        """The server's language for its log channel: the adapter's answer, else the admin's setting."""
+        if self.guild_language is not None:
+            try:
+                return await self.guild_language(guild_id)
+            except Exception:
+                log.warning("could not tell the language of server %s", guild_id, exc_info=True)
+        return server_language((await self._store.get_policy(guild_id)).language, None)
+
+    async def _to_guild(self, channel_id: int, key: str, language: str | None, **params: Any) -> None:
         assert self.guild_sink is not None
         try:
-            await self.guild_sink(channel_id, text(key, None, **params))
+            await self.guild_sink(channel_id, text(key, language, **params))
         except Exception:
             log.warning("could not post %s to log channel %s", key, channel_id, exc_info=True)

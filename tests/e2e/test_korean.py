@@ -13,6 +13,8 @@ from bot.catalog import OPTION_NAMES, Catalog
 from bot.i18n import catalogs
 from bot.store.records import EntryKind
 from tests.e2e.harness import WAIT, World, status_line, visible
+from tests.e2e.test_admin import deliver, says
+from tests.e2e.test_operator import start_with_operator
 from tests.fakes.fake_discord import CallbackType
 from tests.fakes.fake_gateway import Reply
 
@@ -191,7 +193,7 @@ async def test_commands_are_synced_with_korean_localizations(running: World) -> 
     assert prompt["description_localizations"] == {"ko": "그릴 내용"}
     quota = next(o for o in synced["quota"]["options"] if o["name"] == "default")
     period = next(o for o in quota["options"] if o["name"] == "period")
-    assert {c["value"]: c["name_localizations"]["ko"] for c in period["choices"]}["month"] == "월"
+    assert {c["value"]: c["name_localizations"]["ko"] for c in period["choices"]}["month"] == "매월"
 
 
 async def test_a_changed_translation_is_synced_again(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,7 +234,7 @@ async def test_a_result_through_the_channel_is_in_the_servers_language(world: Wo
     # An admin sets the server's language to English: the same route now speaks English.
     answer = await world.command("server language", {"language": "en"}, user=world.fd.admin, locale="ko")
     assert answer.callback.data["content"] == (  # type: ignore[union-attr]
-        "이제 봇이 이 서버에 따로 올리는 메시지(오래 걸린 결과, 새로 올리는 실패 안내)는 영어로 나와요."
+        "이제 봇이 이 서버에 따로 올리는 메시지(오래 걸린 결과, 새로 올리는 실패 안내, 로그 채널 알림)는 영어로 나와요."
     )
     final = await _expired_channel_result(world, "지도", "ko")
     assert_english(final, "지도")
@@ -292,7 +294,8 @@ async def test_a_failure_posted_anew_is_in_the_servers_language(running: World) 
     fd = running.fd
     answer = await running.command("server language", {"language": "ko"}, user=fd.admin)
     assert answer.callback.data["content"] == (  # type: ignore[union-attr]
-        "Messages the bot posts on its own here (results after a long wait, failures posted anew) are now in Korean."
+        "Messages the bot posts on its own here (results after a long wait, failures posted anew, log-channel notices)"
+        " are now in Korean."
     )
     running.gw.configure(ASYNC_MODEL, completion_delay=3600, final_status="failed", failure_message="GPU fell over")
     fi = await running.imagine("a lost kite", user=fd.alice, locale="en-US", model=ASYNC_MODEL)
@@ -308,3 +311,33 @@ async def test_a_failure_posted_anew_is_in_the_servers_language(running: World) 
     assert status_line(posted) == (
         "실패 · 이미지 제공 업체가 이 이미지를 만들지 못했어요: GPU fell over. 크레딧은 환불됐어요."
     )
+
+
+async def test_a_korean_servers_log_channel_and_alert_channel_read_in_korean(world: World) -> None:
+    """What the bot posts on its own in a Korean server (the 80 % budget notice, the forwarded admin changes,
+    the operator's alert in its channel there) is Korean, though the admin who set it up has an English client."""
+    fd = world.fd
+    assert fd.guild is not None and fd.admin is not None
+    fd.guild.preferred_locale = "ko"
+    log_channel, alert_channel = fd.guild.add_channel("봇-로그"), fd.guild.add_channel("봇-알림")
+    await start_with_operator(world, operator_alert_channel_id=alert_channel.id)
+    assert await says(world, "server logchannel", {"channel": log_channel}) == (
+        f"Budget notices and admin changes now go to <#{log_channel.id}>."
+    )
+    await says(world, "budget set", {"amount": 48, "period": "month"})
+
+    def posted(channel_id: int) -> list[str]:
+        return [m.content for m in fd.channel_messages(channel_id)]
+
+    await deliver(world, "항구", user=fd.alice, model=SYNC_MODEL)  # 39 of 48 credits: 81 %
+    await fd.wait_for(lambda: len(posted(log_channel.id)) == 3 or None, WAIT, what="the budget notice")
+    audit_set, audit_budget, budget = posted(log_channel.id)
+    assert audit_set.startswith(f"<@{fd.admin.id}> 님의 관리자 변경: 로그 채널 지정(`server.log_channel`) · ")
+    assert audit_budget.startswith(f"<@{fd.admin.id}> 님의 관리자 변경: 서버 설정 변경(`policy.update`) · ")
+    assert budget == "이 서버가 이번 달 예산의 80%를 썼어요(48 크레딧 중 39 크레딧)."
+
+    world.gw.enqueue(Reply.error(402, "insufficient credits"), method="POST", times=1)
+    fi = await world.imagine("등대", user=fd.alice, model="gpt-image-1-mini")
+    await world.finished(fi)
+    await fd.wait_for(lambda: posted(alert_channel.id) or None, WAIT, what="the operator's alert")
+    assert posted(alert_channel.id) == ["⚠️ 이미지 게이트웨이의 크레딧을 다 썼어요(402). 충전할 때까지 작업이 실패해요."]

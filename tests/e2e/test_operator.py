@@ -182,8 +182,10 @@ async def test_crossing_80_percent_of_the_budget_posts_one_message_to_the_log_ch
     await fd.wait_for(lambda: budget_notices() or None, WAIT, what="a budget notice")
     await deliver(world, "a small boat", user=fd.alice, model="gpt-image-1-mini")  # 47 of 48: 97 %, no new threshold
     assert budget_notices() == ["This server has spent 80 % of its budget: 39 of 48 credits this month."]
-    audit = [m.content for m in fd.channel_messages(log_channel.id) if "changed" in m.content]
-    assert len(audit) == 2 and "`server.log_channel`" in audit[0] and "`policy.update`" in audit[1]
+    audit = [m.content for m in fd.channel_messages(log_channel.id) if m.content.startswith("Admin change by")]
+    assert len(audit) == 2
+    assert audit[0].startswith(f"Admin change by <@{fd.admin.id}>: log channel set (`server.log_channel`) · ")
+    assert audit[1].startswith(f"Admin change by <@{fd.admin.id}>: server setting changed (`policy.update`) · ")
     assert all(m.allowed_mentions == {"parse": []} for m in fd.channel_messages(log_channel.id))
 
 
