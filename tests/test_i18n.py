@@ -4,6 +4,8 @@ identical to the English, and every slash command, option and choice described i
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,6 +14,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
+from bot.config import Settings
 from bot.discord_app import EXTENSIONS, CatalogTranslator, language_choices
 from bot.i18n import catalogs, language_of, languages, placeholders, server_language
 from bot.messages import PENDING
@@ -109,3 +112,15 @@ async def test_natural_korean_command_names() -> None:
 
 def test_server_language_offers_every_shipped_language() -> None:
     assert [c.value for c in language_choices()] == ["auto", "en", "ko"]
+
+
+def test_the_korean_readme_keeps_the_set_up_commands_and_every_setting() -> None:
+    """README.ko.md has README.md's two set-up commands verbatim and a settings-table row for every setting."""
+    root = Path(__file__).resolve().parent.parent
+    english, korean = (root / name for name in ("README.md", "README.ko.md"))
+    commands_en = re.findall(r"```sh\n(.*?)\n```", english.read_text("utf-8"), re.S)[:2]
+    korean_text = korean.read_text("utf-8")
+    assert len(commands_en) == 2 and all(command in korean_text for command in commands_en)
+    rows = " ".join(line for line in korean_text.splitlines() if line.startswith("| `"))
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in rows]
+    assert missing == []
