@@ -120,6 +120,10 @@ class InvalidValueError(RequestError):
     message_key = "error.invalid_value"  # params: option, value, allowed (admin settings)
 
 
+class InvalidGuildIdError(RequestError):
+    message_key = "operator.invalid_guild"  # params: value (what the operator typed for a server id)
+
+
 class InvalidAmountError(RequestError):
     message_key = "error.invalid_amount"  # params: value, limit
 

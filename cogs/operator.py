@@ -17,7 +17,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_app import NO_MENTIONS, locale_of
-from bot.errors import InvalidValueError, NotOperatorError
+from bot.errors import InvalidGuildIdError, NotOperatorError
 from bot.messages import text
 from cogs.presenter import server_locale
 
@@ -34,7 +34,7 @@ def guild_id_of(value: str) -> int:
     """A server id typed by the operator (snowflakes exceed Discord's integer option range: a string)."""
     value = value.strip()
     if not value.isdigit() or not 0 < int(value) < 2**63:
-        raise InvalidValueError(option="server", value=value[:30], allowed="a server id (digits)")
+        raise InvalidGuildIdError(value=value[:30])
     return int(value)
 
 

@@ -268,7 +268,11 @@ async def test_metrics_count_what_happened(world: World) -> None:
 async def test_a_server_id_that_is_not_one_is_refused_and_nothing_is_written(world: World) -> None:
     await start_with_operator(world)
     content = await says(world, "operator approve", {"server": "my server"}, user=operator_of(world))
-    assert content == "`my server` is not a valid server: use a server id (digits)."
+    assert content == "`my server` is not a server id."
+    options = {"server": "서버", "period": "day"}
+    korean = await world.command("operator cap", options, user=operator_of(world), locale="ko")
+    assert korean.callback is not None and korean.callback.data is not None
+    assert korean.callback.data["content"] == "`서버`은(는) 서버 ID가 아니에요."
     assert await world.store.all_guild_ops() == []
 
 
