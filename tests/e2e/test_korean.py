@@ -321,14 +321,17 @@ async def test_a_korean_servers_log_channel_and_alert_channel_read_in_korean(wor
     fd.guild.preferred_locale = "ko"
     log_channel, alert_channel = fd.guild.add_channel("봇-로그"), fd.guild.add_channel("봇-알림")
     await start_with_operator(world, operator_alert_channel_id=alert_channel.id)
+
+    def posted(channel_id: int) -> list[str]:
+        return [m.content for m in fd.channel_messages(channel_id)]
+
     assert await says(world, "server logchannel", {"channel": log_channel}) == (
         f"Budget notices and admin changes now go to <#{log_channel.id}>."
     )
     await says(world, "budget set", {"amount": 48, "period": "month"})
 
-    def posted(channel_id: int) -> list[str]:
-        return [m.content for m in fd.channel_messages(channel_id)]
-
+    # Both admin changes are forwarded (after each command) before the job, so the notice comes third.
+    await fd.wait_for(lambda: len(posted(log_channel.id)) == 2 or None, WAIT, what="the admin changes")
     await deliver(world, "항구", user=fd.alice, model=SYNC_MODEL)  # 39 of 48 credits: 81 %
     await fd.wait_for(lambda: len(posted(log_channel.id)) == 3 or None, WAIT, what="the budget notice")
     audit_set, audit_budget, budget = posted(log_channel.id)
