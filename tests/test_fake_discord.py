@@ -471,7 +471,8 @@ async def test_two_sharded_processes_split_the_guilds_and_each_interaction_reach
     fd: FakeDiscord,
 ) -> None:
     on_0, on_1 = fd.guild_on_shard(0, 2), fd.guild_on_shard(1, 2)
-    first, second = ShardedBot("first", shard_count=2, shard_ids=[0]), ShardedBot("second", shard_count=2, shard_ids=[1])
+    first = ShardedBot("first", shard_count=2, shard_ids=[0])
+    second = ShardedBot("second", shard_count=2, shard_ids=[1])
     async with fd.running(first), fd.running(second):
         await first.tree.sync()
         await fd.wait_for_shards([0, 1], 2)
