@@ -1492,14 +1492,14 @@ class FakeDiscord:
             what=f"shards {keys}",
         )
 
-    def guild_on_shard(self, shard_id: int, shard_count: int, name: str | None = None) -> FakeGuild:
+    def guild_on_shard(self, shard_id: int, shard_count: int, name: str | None = None, **options: Any) -> FakeGuild:
         """Add a guild (with a #general channel and the default members' users) whose id puts it on
-        `shard_id` of `shard_count`."""
+        `shard_id` of `shard_count`; `options` go to :meth:`add_guild`."""
         while True:
             guild_id = make_snowflake()
             if shard_of(guild_id, shard_count) == shard_id:
                 break
-        guild = self.add_guild(name or f"Shard {shard_id} Guild", id=guild_id)
+        guild = self.add_guild(name or f"Shard {shard_id} Guild", id=guild_id, **options)
         guild.add_channel("general")
         for member in (self.alice, self.bob):
             if member is not None:
