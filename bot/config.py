@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Period = Literal["day", "week", "month", "unlimited"]
@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     dev_guild_id: int | None = None
     sync_commands: Literal["auto", "always", "never"] = "auto"
     guild_ready_timeout: float = Field(default=2.0, ge=0, le=60)
+    # Sharding (README "Sharding"): both empty = one unsharded client; SHARD_IDS empty = all SHARD_COUNT shards.
+    shard_count: int | None = Field(default=None, ge=1)
+    shard_ids: str = ""  # comma-separated shard ids this process runs, e.g. 0,1
 
     # Catalog and defaults
     model_catalog_path: Path | None = None
@@ -96,6 +99,36 @@ class Settings(BaseSettings):
             if part and not part.isdigit():
                 raise ValueError("must be comma-separated user ids, e.g. 123,456")
         return value
+
+    @field_validator("shard_ids")
+    @classmethod
+    def _shards_in_count(cls, value: str, info: ValidationInfo) -> str:
+        parts = [part for part in value.replace(" ", "").split(",") if part]
+        if not parts:
+            return ""
+        if not all(part.isdigit() for part in parts):
+            raise ValueError("must be comma-separated shard numbers, e.g. 0,1")
+        if "shard_count" not in info.data:
+            return value  # SHARD_COUNT itself is invalid, and says so
+        count = info.data["shard_count"]
+        if count is None:
+            raise ValueError("needs SHARD_COUNT (the total number of shards of the bot)")
+        outside = sorted({int(part) for part in parts if int(part) >= count})
+        if outside:
+            listed = ", ".join(map(str, outside))
+            raise ValueError(f"shard {listed} is outside SHARD_COUNT={count} (shards are 0 to {count - 1})")
+        if len(set(parts)) != len(parts):
+            raise ValueError("lists a shard twice")
+        return ",".join(str(int(part)) for part in parts)
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        """The shards this process runs (SHARD_IDS, or all of SHARD_COUNT); None when unsharded."""
+        if self.shard_count is None:
+            return None
+        if self.shard_ids:
+            return tuple(int(part) for part in self.shard_ids.split(","))
+        return tuple(range(self.shard_count))
 
     @property
     def operator_ids(self) -> frozenset[int]:

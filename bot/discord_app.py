@@ -1,8 +1,9 @@
 """The adapter seam: the only module in `bot/` that imports `discord`.
 
 `ImagineBot` owns the Discord client: it loads the cogs (an explicit list, by name: the core never imports
-them), syncs slash commands only when their definition changed, maps domain errors to one ephemeral
-message each, and on close stops taking jobs before disconnecting. The imagine cog starts the job service.
+them), syncs slash commands only when their definition changed (once for all processes of the bot), maps
+domain errors to one ephemeral message each, and on close stops taking jobs before disconnecting. The
+imagine cog starts the job service. With SHARD_COUNT set it is an `AutoShardedBot` over SHARD_IDS.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any, cast
 
@@ -21,6 +23,7 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import BotError, MissingPermissionError, NotAMemberError, StartupError
+from bot.fleet.once import claim_once
 from bot.i18n import DEFAULT_LANGUAGE, catalogs, language_of
 from bot.messages import error_text, has_text, text
 from bot.services import Services
@@ -49,6 +52,10 @@ REQUIRED_PERMISSIONS = discord.Permissions(
 )
 
 NO_MENTIONS = discord.AllowedMentions.none()
+
+# How long a process's claim to sync the commands stands (see bot.fleet.once): longer than a sync takes,
+# short enough that a process that claimed and died delays the sync only until a start this much later.
+COMMAND_SYNC_CLAIM_SECONDS = 300.0
 
 
 def permission_name(attribute: str, locale: str | None = None) -> str:
@@ -149,7 +156,17 @@ def command_hash(payload: list[dict[str, Any]]) -> str:
 
 
 class ImagineBot(commands.Bot):
-    """The Discord client of imagine-bot."""
+    """The Discord client of imagine-bot.
+
+    Built with SHARD_COUNT set, it is a `ShardedImagineBot` (this class over discord.py's AutoShardedBot)
+    running the shards of SHARD_IDS; otherwise today's single unsharded client. Everything else is the
+    same: jobs report through the interaction webhook or REST, so any process can finish any job.
+    """
+
+    def __new__(cls, settings: Settings, services: Services) -> ImagineBot:
+        if settings.shards is not None and not issubclass(cls, commands.AutoShardedBot):
+            cls = ShardedImagineBot
+        return super().__new__(cls)
 
     def __init__(self, settings: Settings, services: Services) -> None:
         # The bot has no voice features: the missing voice libraries are not worth a warning at every start.
@@ -163,11 +180,18 @@ class ImagineBot(commands.Bot):
             allowed_mentions=NO_MENTIONS,
             help_command=None,
             guild_ready_timeout=settings.guild_ready_timeout,
+            **self._shard_options(settings),
         )
         self.settings = settings
         self.services = services
         self._closing = False
         self._background: set[asyncio.Task[Any]] = set()
+
+    @staticmethod
+    def _shard_options(settings: Settings) -> dict[str, Any]:
+        if settings.shards is None:
+            return {}
+        return {"shard_count": settings.shard_count, "shard_ids": list(settings.shards)}
 
     def spawn(self, work: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Run `work` in the background: a reference is kept (the loop holds tasks only weakly) and a
@@ -202,7 +226,9 @@ class ImagineBot(commands.Bot):
         """Sync slash commands when their definition differs from the last sync (hash kept in the store).
 
         DEV_GUILD_ID syncs to that guild only, which applies at once; global syncs are rate limited, so
-        they happen only on a change, or always/never per SYNC_COMMANDS.
+        they happen only on a change, or always/never per SYNC_COMMANDS. With several processes on one
+        database, only the first to claim a new definition syncs it (`claim_once`); the hash is written
+        after the sync succeeded, so a claimant that died leaves it to a later start.
         """
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
         if guild is not None:
@@ -213,6 +239,11 @@ class ImagineBot(commands.Bot):
         mode = self.settings.sync_commands
         if mode == "never" or (mode == "auto" and await self.services.store.get_meta(key) == fingerprint):
             log.info("slash commands unchanged; not syncing")
+            return False
+        if mode == "auto" and not await claim_once(
+            self.services.store, f"{key}:{fingerprint}", now=time.time(), window=COMMAND_SYNC_CLAIM_SECONDS
+        ):
+            log.info("another process of the bot is syncing these slash commands; not syncing")
             return False
         synced = await self.tree.sync(guild=guild)
         await self.services.store.set_meta(key, fingerprint)
@@ -253,3 +284,7 @@ class ImagineBot(commands.Bot):
             )
             await self.services.jobs.shutdown(self.settings.shutdown_grace_seconds)
         await super().close()
+
+
+class ShardedImagineBot(ImagineBot, commands.AutoShardedBot):
+    """`ImagineBot` over discord.py's AutoShardedBot: what `ImagineBot(...)` builds when SHARD_COUNT is set."""

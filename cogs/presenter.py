@@ -3,6 +3,10 @@
 Everything is driven by the stored job, never by a live `Interaction`, so a job resumed after a restart is
 shown exactly like a live one. The reply is edited through the interaction webhook while its token is
 valid (15 minutes); after that, or when the token is refused, through the channel with the bot token.
+
+Any process of a sharded bot may run any job, so nothing here needs the job's guild in this process's
+cache: what the cache gives (the channel, the guild's upload limit and language, a member's roles) is
+fetched over REST when the guild is on another process's shard.
 """
 
 from __future__ import annotations
@@ -59,9 +63,21 @@ async def server_locale(bot: ImagineBot, guild_id: int) -> str:
     """The language of what the bot posts on its own in a server (a result or failure through the channel,
     a log-channel notice): the admin's `/server language`, or else Discord's preferred locale of the server."""
     policy = await bot.services.store.get_policy(guild_id)
-    guild = bot.get_guild(guild_id)
+    guild = await guild_of(bot, guild_id) if policy.language in (None, "auto") else None
     preferred = getattr(guild.preferred_locale, "value", None) if guild is not None else None
     return server_language(policy.language, preferred)
+
+
+async def guild_of(bot: ImagineBot, guild_id: int) -> discord.Guild | None:
+    """The guild from the cache, or over REST when another process's shard holds it (None if gone)."""
+    guild = bot.get_guild(guild_id)
+    if guild is None:
+        try:
+            guild = await bot.fetch_guild(guild_id, with_counts=False)
+        except discord.HTTPException as exc:
+            log.info("guild %s unavailable over REST (%s)", guild_id, exc.status)
+            return None
+    return guild
 
 
 class DiscordJobPresenter:
@@ -85,8 +101,14 @@ class DiscordJobPresenter:
         assert job.application_id is not None and job.interaction_token is not None
         return discord.Webhook.partial(job.application_id, job.interaction_token, client=self._bot)
 
+    async def _guild(self, guild_id: int) -> discord.Guild | None:
+        return await guild_of(self._bot, guild_id)
+
     async def _channel(self, job: JobRecord, *, uploading: bool) -> Any:
-        """The job's channel, checked for what the bot needs there; `DeliveryError` if it may not post."""
+        """The job's channel, checked for what the bot needs there; `DeliveryError` if it may not post.
+
+        Fetched over REST when not cached (e.g. its guild is on another process's shard); then the bot's
+        permissions are not known here and Discord's answer is the check."""
         channel: Any = self._bot.get_channel(job.channel_id)
         try:
             if channel is None:
@@ -102,12 +124,11 @@ class DiscordJobPresenter:
                 raise DeliveryError(f"missing permissions in channel {job.channel_id}")
         return channel
 
-    def _upload_limit(self, job: JobRecord, *, via_webhook: bool) -> int:
-        guild = self._bot.get_guild(job.guild_id)
-        guild_limit = guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
+    async def _upload_limit(self, job: JobRecord, *, via_webhook: bool) -> int:
         if via_webhook and job.upload_limit:
             return job.upload_limit
-        return guild_limit
+        guild = await self._guild(job.guild_id)
+        return guild.filesize_limit if guild is not None else DEFAULT_UPLOAD_LIMIT
 
     async def _server_locale(self, job: JobRecord) -> str:
         """The language of what is posted for the whole channel."""
@@ -192,7 +213,7 @@ class DiscordJobPresenter:
         )
 
     async def member_roles(self, guild_id: int, user_id: int) -> Sequence[int]:
-        guild = self._bot.get_guild(guild_id)
+        guild = await self._guild(guild_id)
         if guild is None:
             return []
         member = guild.get_member(user_id)
@@ -208,7 +229,7 @@ class DiscordJobPresenter:
     async def _post(self, job: JobRecord, delivery: Delivery, *, via_webhook: bool) -> int:
         """Fit the images under this route's upload limit and post them: the first ten in the reply,
         the rest in follow-ups. Returns how many were posted."""
-        limit = self._upload_limit(job, via_webhook=via_webhook)
+        limit = await self._upload_limit(job, via_webhook=via_webhook)
         for attempt in range(2):
             try:
                 return await self._post_fitted(job, delivery, limit, via_webhook=via_webhook)

@@ -97,3 +97,41 @@ async def test_freeze_startup_heap_waits_for_ready_then_freezes() -> None:
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+def test_a_shard_outside_shard_count_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = run_bot(
+        {"DISCORD_TOKEN": "tok-abcdefgh", "GATEWAY_API_KEY": "key-abcdefgh", "SHARD_COUNT": "2", "SHARD_IDS": "1,2"},
+        tmp_path,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "SHARD_IDS is invalid" in lines[0] and "shard 2 is outside SHARD_COUNT=2 (shards are 0 to 1)" in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        ({"shard_ids": "0"}, "needs SHARD_COUNT"),
+        ({"shard_count": 4, "shard_ids": "0,x"}, "comma-separated shard numbers"),
+        ({"shard_count": 4, "shard_ids": "1,1"}, "lists a shard twice"),
+        ({"shard_count": 0}, "greater than or equal to 1"),
+    ],
+)
+def test_malformed_shard_settings_are_refused(values: dict[str, object], reason: str) -> None:
+    with pytest.raises(ValidationError, match=reason):
+        Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, **values)
+
+
+@pytest.mark.parametrize(
+    ("values", "shards"),
+    [
+        ({}, None),
+        ({"shard_count": 3}, (0, 1, 2)),
+        ({"shard_count": 3, "shard_ids": " 2, 0"}, (2, 0)),
+    ],
+)
+def test_the_shards_a_process_runs(values: dict[str, object], shards: tuple[int, ...] | None) -> None:
+    settings = Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, **values)
+    assert settings.shards == shards

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -412,3 +413,82 @@ async def test_deferred_ephemeral_flag_is_kept(fd: FakeDiscord, bot: commands.Bo
     assert callback.data["flags"] & MessageFlag.EPHEMERAL
     done = await fi.wait_for_message_state(lambda m: m.content == "done")
     assert done.ephemeral and fd.channel_messages(fd.channel.id, include_ephemeral=False)[-1].content == "x"
+
+
+# --- sharding --------------------------------------------------------------------------------------------
+
+
+class ShardedBot(commands.AutoShardedBot):
+    """An AutoShardedBot that answers /where with the shard and the client that got the interaction."""
+
+    def __init__(self, name: str, **options: Any) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=discord.Intents.default(), **options)
+        self.name = name
+
+        @app_commands.command(name="where", description="Which shard answered")
+        async def where(interaction: discord.Interaction) -> None:
+            assert interaction.guild is not None
+            await interaction.response.send_message(f"{self.name} shard {interaction.guild.shard_id}")
+
+        self.tree.add_command(where)
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """No 5 s pause between this client's shards: the fake does not rate limit IDENTIFY."""
+
+
+def shard_guilds(frames: list[tuple[int, str]]) -> tuple[set[int], set[int]]:
+    """The guild ids a session's READY listed and those it got a GUILD_CREATE for."""
+    ready: set[int] = set()
+    created: set[int] = set()
+    for _, raw in frames:
+        frame = json.loads(raw)
+        if frame["t"] == "READY":
+            ready = {int(guild["id"]) for guild in frame["d"]["guilds"]}
+        elif frame["t"] == "GUILD_CREATE":
+            created.add(int(frame["d"]["id"]))
+    return ready, created
+
+
+async def test_auto_sharded_client_asks_gateway_bot_and_each_shard_gets_only_its_guilds(fd: FakeDiscord) -> None:
+    fd.recommended_shards = 2
+    on_0, on_1 = fd.guild_on_shard(0, 2), fd.guild_on_shard(1, 2)
+    client = ShardedBot("one")
+    async with fd.running(client):
+        assert fd.requests_to(r"^GET /gateway/bot$"), "the shard count comes from GET /gateway/bot"
+        assert sorted(payload["shard"] for payload in fd.identify_payloads) == [[0, 2], [1, 2]]
+        assert client.shard_count == 2 and set(client.shards) == {0, 1}
+        for shard_id in (0, 1):
+            mine = {g.id for g in fd.guilds.values() if (g.id >> 22) % 2 == shard_id}
+            assert shard_guilds(fd.sessions[(shard_id, 2)].sent) == (mine, mine)
+        guild_0, guild_1 = client.get_guild(on_0.id), client.get_guild(on_1.id)
+        assert guild_0 is not None and guild_0.shard_id == 0
+        assert guild_1 is not None and guild_1.shard_id == 1
+        limits = await client.fetch_session_start_limits()
+        assert limits.max_concurrency == 1 and limits.remaining > 0
+
+
+async def test_two_sharded_processes_split_the_guilds_and_each_interaction_reaches_its_shard(
+    fd: FakeDiscord,
+) -> None:
+    on_0, on_1 = fd.guild_on_shard(0, 2), fd.guild_on_shard(1, 2)
+    first = ShardedBot("first", shard_count=2, shard_ids=[0])
+    second = ShardedBot("second", shard_count=2, shard_ids=[1])
+    async with fd.running(first), fd.running(second):
+        await first.tree.sync()
+        await fd.wait_for_shards([0, 1], 2)
+        assert not fd.requests_to(r"^GET /gateway/bot$"), "a given SHARD_COUNT connects at the default gateway"
+        assert first.get_guild(on_0.id) is not None and first.get_guild(on_1.id) is None
+        assert second.get_guild(on_1.id) is not None and second.get_guild(on_0.id) is None
+        for guild, expected in ((on_1, "second shard 1"), (on_0, "first shard 0")):
+            fi = await fd.send_slash_command("where", guild_id=guild.id, user=fd.alice)
+            callback = await fi.wait_for_callback()
+            assert fi.shard == ((guild.id >> 22) % 2, 2)
+            assert callback.data["content"] == expected
+
+
+async def test_an_invalid_shard_is_closed_with_4010(fd: FakeDiscord) -> None:
+    client = ShardedBot("bad", shard_count=2, shard_ids=[2])
+    with pytest.raises(discord.ConnectionClosed) as closed:
+        async with fd.running(client):
+            pass
+    assert closed.value.code == 4010

@@ -24,6 +24,12 @@ Payload shapes follow the Discord API documentation and what discord.py 2.7 pars
 * gateway frames are plain JSON text even when the client asks for ``compress=zlib-stream``;
   discord.py accepts text frames;
 * rate limits are not simulated unless injected (``rate_limit_next``).
+
+Sharding is modelled: ``GET /gateway/bot`` recommends ``fd.recommended_shards``; an IDENTIFY with
+``shard: [id, count]`` opens one session per shard, which gets READY and GUILD_CREATE only for its guilds
+(guild ``g`` is on shard ``(g >> 22) % count``, as on Discord); every guild event (interactions, messages,
+member chunks) goes on the session of its guild's shard, DMs on shard 0. An unsharded IDENTIFY is shard
+``[0, 1]``. An invalid shard is closed with 4010, as Discord does.
 """
 
 from __future__ import annotations
@@ -1065,6 +1071,8 @@ class FakeInteraction:
         self.followups: list[FakeMessage] = []
         self.requests: list[RecordedRequest] = []
         self.expired = False
+        #: The (shard id, shard count) of the gateway session it was dispatched on.
+        self.shard: tuple[int, int] | None = None
 
     @property
     def callback(self) -> Callback | None:
@@ -1144,16 +1152,28 @@ class FakeInteraction:
 # Gateway session
 
 
+def shard_of(guild_id: int, shard_count: int) -> int:
+    """The shard a guild's events go to (Discord's formula)."""
+    return (guild_id >> 22) % shard_count
+
+
 class _Session:
     def __init__(self, session_id: str, intents: int, shard: list[int] | None) -> None:
         self.id = session_id
         self.intents = intents
         self.shard = shard
+        #: (shard id, shard count); an unsharded session is shard 0 of 1.
+        self.shard_key: tuple[int, int] = (int(shard[0]), int(shard[1])) if shard else (0, 1)
         self.seq = 0
         self.sent: list[tuple[int, str]] = []
         self.ws: web.WebSocketResponse | None = None
         self.lock = asyncio.Lock()
         self.ready = False
+
+    def covers(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of `guild_id` (None: a DM, which goes to shard 0)."""
+        shard_id, count = self.shard_key
+        return shard_id == (0 if guild_id is None else shard_of(guild_id, count))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1240,7 +1260,10 @@ class FakeDiscord:
         self.presence_updates: list[dict[str, Any]] = []
 
         self._interactions_by_token: dict[str, FakeInteraction] = {}
-        self._session: _Session | None = None
+        #: Identified sessions by (shard id, shard count), in identify order.
+        self.sessions: dict[tuple[int, int], _Session] = {}
+        #: What ``GET /gateway/bot`` recommends.
+        self.recommended_shards = 1
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -1308,8 +1331,10 @@ class FakeDiscord:
         return guild
 
     async def announce_guild(self, guild: FakeGuild) -> None:
-        """Send GUILD_CREATE for a guild added after the client identified (the bot "joins" it)."""
-        await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild, self._require_session().intents))
+        """Send GUILD_CREATE for a guild added after the client identified (the bot "joins" it), on the
+        session of the guild's shard."""
+        session = self._require_session(guild.id)
+        await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild, session.intents), session=session)
 
     def add_user(self, username: str, **kwargs: Any) -> FakeUser:
         """Create a user that is in no guild (e.g. for DMs)."""
@@ -1408,6 +1433,9 @@ class FakeDiscord:
                         what="IDENTIFY",
                     )
                 )
+                if hasattr(client, "shard_ids") and hasattr(client, "wait_until_ready"):
+                    # An AutoShardedClient identifies one shard after another: wait for all of them.
+                    ready = asyncio.ensure_future(_after(ready, client.wait_until_ready(), timeout))
                 done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
                 if task in done:
                     ready.cancel()
@@ -1454,6 +1482,34 @@ class FakeDiscord:
     async def wait_until_ready(self, timeout: float = 10) -> None:
         """Wait until a client identified and every guild's GUILD_CREATE was sent."""
         await self.wait_for(lambda: self._session is not None and self._session.ready, timeout, what="IDENTIFY")
+
+    async def wait_for_shards(self, shard_ids: Iterable[int], shard_count: int, timeout: float = 10) -> None:
+        """Wait until each of these shards has a session that got READY and its guilds."""
+        keys = [(shard_id, shard_count) for shard_id in shard_ids]
+        await self.wait_for(
+            lambda: all(key in self.sessions and self.sessions[key].ready for key in keys),
+            timeout,
+            what=f"shards {keys}",
+        )
+
+    def guild_on_shard(self, shard_id: int, shard_count: int, name: str | None = None, **options: Any) -> FakeGuild:
+        """Add a guild (with a #general channel and the default members' users) whose id puts it on
+        `shard_id` of `shard_count`; `options` go to :meth:`add_guild`."""
+        while True:
+            guild_id = make_snowflake()
+            if shard_of(guild_id, shard_count) == shard_id:
+                break
+        guild = self.add_guild(name or f"Shard {shard_id} Guild", id=guild_id, **options)
+        guild.add_channel("general")
+        for member in (self.alice, self.bob):
+            if member is not None:
+                guild.add_member(member.user)
+        return guild
+
+    def session_of(self, guild_id: int | None) -> _Session | None:
+        """The session that gets a guild's events (None for a DM: shard 0): the latest that covers it."""
+        covering = [session for session in self.sessions.values() if session.covers(guild_id)]
+        return covering[-1] if covering else None
 
     async def wait_for_request(
         self, predicate: Callable[[RecordedRequest], Any], timeout: float = 10, *, start: int = 0
@@ -1613,7 +1669,7 @@ class FakeDiscord:
         session = self._require_session()
         before = self.identify_count
         ws = session.ws
-        self._session = None
+        self.sessions.pop(session.shard_key, None)
         if ws is not None:
             await ws.send_str(json.dumps({"op": 9, "d": False}))
         await self.wait_for(
@@ -1622,18 +1678,30 @@ class FakeDiscord:
             what="re-IDENTIFY",
         )
 
-    def _require_session(self) -> _Session:
-        if self._session is None:
+    @property
+    def _session(self) -> _Session | None:
+        """The session of the default guild (or the latest identified one): the one a single-shard test
+        drives with :meth:`disconnect_gateway` and friends."""
+        if self.guild is not None and (session := self.session_of(self.guild.id)) is not None:
+            return session
+        return next(reversed(self.sessions.values()), None)
+
+    def _require_session(self, guild_id: int | None = None) -> _Session:
+        session = self._session if guild_id is None else self.session_of(guild_id)
+        if session is None:
             raise RuntimeError("no client has identified with the fake gateway (use wait_until_ready first)")
-        return self._session
+        return session
 
     async def _send_frame(self, ws: web.WebSocketResponse, frame: dict[str, Any]) -> None:
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await ws.send_str(json.dumps(frame))
 
-    async def _dispatch(self, event: str, data: dict[str, Any]) -> None:
-        """Send a DISPATCH event on the current session (buffered for replay if disconnected)."""
-        session = self._require_session()
+    async def _dispatch(self, event: str, data: dict[str, Any], *, session: _Session | None = None) -> None:
+        """Send a DISPATCH event (buffered for replay if disconnected) on `session`, or on the session of
+        the guild named in `data` (a DM's: shard 0's)."""
+        if session is None:
+            guild_id = data.get("guild_id")
+            session = self._require_session(int(guild_id) if guild_id else None)
         async with session.lock:
             session.seq += 1
             frame = json.dumps({"op": 0, "t": event, "s": session.seq, "d": data})
@@ -1666,12 +1734,12 @@ class FakeDiscord:
                     break
         finally:
             conn.close_code = ws.close_code
-            session = self._session
-            if session is not None and session.ws is ws:
-                session.ws = None
-                # A client closing with 1000/1001 ends its session, as on Discord.
-                if ws.close_code in (1000, 1001):
-                    self._session = None
+            for session in list(self.sessions.values()):
+                if session.ws is ws:
+                    session.ws = None
+                    # A client closing with 1000/1001 ends its session, as on Discord.
+                    if ws.close_code in (1000, 1001):
+                        self.sessions.pop(session.shard_key, None)
             self._touch()
         return ws
 
@@ -1701,14 +1769,22 @@ class FakeDiscord:
         if intents & Intent.PRIVILEGED & ~self.allowed_privileged_intents:
             await conn.ws.close(code=4014, message=b"Disallowed intent(s).")
             return
+        shard = data.get("shard")
+        if shard is not None and not (
+            isinstance(shard, list) and len(shard) == 2 and 0 <= int(shard[0]) < int(shard[1])
+        ):
+            await conn.ws.close(code=4010, message=b"Invalid shard.")
+            return
         self.identify_count += 1
-        session = _Session(secrets.token_hex(16), intents, data.get("shard"))
-        self._session = session
+        session = _Session(secrets.token_hex(16), intents, shard)
+        self.sessions.pop(session.shard_key, None)  # a new IDENTIFY of a shard replaces its old session
+        self.sessions[session.shard_key] = session
         session.ws = conn.ws
+        guilds = [guild for guild in self.guilds.values() if session.covers(guild.id)]
         ready: dict[str, Any] = {
             "v": API_VERSION,
             "user": {**self.bot_user.payload(), "verified": True, "mfa_enabled": False, "email": None},
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [{"id": str(g.id), "unavailable": True} for g in guilds],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.resume_gateway_url,
@@ -1726,9 +1802,9 @@ class FakeDiscord:
             ready["shard"] = session.shard
         if self.ready_gate is not None:
             await self.ready_gate.wait()
-        await self._dispatch("READY", ready)
-        for guild in self.guilds.values():
-            await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild, intents))
+        await self._dispatch("READY", ready, session=session)
+        for guild in guilds:
+            await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild, intents), session=session)
         session.ready = True
 
     def _guild_create_payload(self, guild: FakeGuild, intents: int) -> dict[str, Any]:
@@ -1739,8 +1815,8 @@ class FakeDiscord:
         return payload
 
     async def _resume(self, conn: GatewayConnection, data: dict[str, Any]) -> None:
-        session = self._session
-        if session is None or data.get("session_id") != session.id:
+        session = next((s for s in self.sessions.values() if s.id == data.get("session_id")), None)
+        if session is None:
             await self._send_frame(conn.ws, {"op": 9, "d": False, "s": None, "t": None})
             return
         seq = data.get("seq") or 0
@@ -1750,7 +1826,7 @@ class FakeDiscord:
                 if sent_seq > seq:
                     with contextlib.suppress(ConnectionResetError, RuntimeError):
                         await conn.ws.send_str(frame)
-        await self._dispatch("RESUMED", {"_trace": ['["fake-gateway"]']})
+        await self._dispatch("RESUMED", {"_trace": ['["fake-gateway"]']}, session=session)
         self.resume_count += 1
 
     async def _request_members(self, data: dict[str, Any]) -> None:
@@ -1856,7 +1932,9 @@ class FakeDiscord:
         fi = FakeInteraction(self, payload, user=user, source=source)
         self.interactions.append(fi)
         self._interactions_by_token[fi.token] = fi
-        await self._dispatch("INTERACTION_CREATE", payload)
+        session = self._require_session(fi.guild_id)
+        fi.shard = session.shard_key
+        await self._dispatch("INTERACTION_CREATE", payload, session=session)
         return fi
 
     def find_command(self, name: str, guild_id: int | None = None, type: int = 1) -> dict[str, Any] | None:
@@ -2393,7 +2471,7 @@ class FakeDiscord:
         return _json_response(
             {
                 "url": self.gateway_url,
-                "shards": 1,
+                "shards": self.recommended_shards,
                 "session_start_limit": {"total": 1000, "remaining": 999, "reset_after": 14400000, "max_concurrency": 1},
             }
         )
@@ -2722,7 +2800,7 @@ class FakeDiscord:
         return data
 
     def _wants_message_events(self, message: FakeMessage) -> bool:
-        session = self._session
+        session = self.session_of(message.guild_id)
         if session is None or message.ephemeral:
             return False
         bit = Intent.GUILD_MESSAGES if message.guild_id is not None else Intent.DIRECT_MESSAGES
@@ -3195,3 +3273,13 @@ __all__ = [
     "UploadedFile",
     "sniff_content_type",
 ]
+
+
+async def _after(first: asyncio.Future[Any], then: Any, timeout: float) -> None:
+    """Await `first`, then the coroutine `then` within `timeout` (closing it if `first` failed)."""
+    try:
+        await first
+    except BaseException:
+        then.close()
+        raise
+    await asyncio.wait_for(then, timeout)

@@ -1,0 +1,1 @@
+"""What several bot processes on one database coordinate: work done once for the whole fleet."""
