@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -25,12 +24,6 @@ from tests.factories import make_job
 
 GUILD, ADMIN, MEMBER = 1, 900, 100
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
-
-
-@pytest.fixture
-async def store() -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(":memory:") as s:
-        yield s  # type: ignore[misc]
 
 
 @pytest.fixture

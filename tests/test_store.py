@@ -12,6 +12,7 @@ import pytest
 
 from bot.errors import BudgetExhaustedError, InsufficientCreditsError
 from bot.store import Store, open_store
+from bot.store.base import DuplicateJobError
 from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
 from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
 from tests.factories import make_job
@@ -35,13 +36,6 @@ def new_job(job_id: str, *, user_id: int = U, guild_id: int = G, count: int = 2,
         options={"aspect_ratio": "1:1"},
         **extra,
     )
-
-
-@pytest.fixture(params=["file", "memory"])
-async def store(request, tmp_path: Path):
-    path = str(tmp_path / "nested" / "bot.db") if request.param == "file" else ":memory:"
-    async with SqliteStore(path) as s:
-        yield s
 
 
 @pytest.fixture
@@ -140,7 +134,7 @@ async def test_duplicate_job_id_fails_only_that_caller(store: SqliteStore) -> No
         return_exceptions=True,
     )
     assert [type(r).__name__ for r in results[:5]] == ["JobRecord"] * 5
-    assert isinstance(results[5], sqlite3.IntegrityError)
+    assert isinstance(results[5], DuplicateJobError)
     totals = await store.member_totals(G, U, 0.0)
     assert totals.held == 60  # the duplicate held nothing more
 

@@ -29,6 +29,10 @@ from bot.store.records import (
 )
 
 
+class DuplicateJobError(ValueError):
+    """`create_job_with_hold` was given a job id that already exists: nothing was held or written."""
+
+
 class Store(ABC):
     """Persistence for jobs, the credit ledger, server policy, audit and small bot state."""
 
@@ -67,8 +71,9 @@ class Store(ABC):
         limits.period_start − all active holds) must cover the hold, unless the allowance is unlimited;
         and the server's spend (captured since limits.budget_period_start + active holds) plus the hold
         must stay within limits.budget, when there is one. Raises `InsufficientCreditsError(needed,
-        available)` or `BudgetExhaustedError(needed, remaining)` and writes nothing when either fails.
-        Concurrent calls can never overspend.
+        available)` or `BudgetExhaustedError(needed, remaining)` and writes nothing when either fails,
+        and `DuplicateJobError` for a job id already used. Concurrent calls, from any number of tasks or
+        processes sharing the database, can never overspend.
         """
 
     @abstractmethod

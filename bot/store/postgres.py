@@ -1,0 +1,177 @@
+"""The PostgreSQL store, for several bot processes sharing one database; reached through asyncpg.
+
+Only what is PostgreSQL's own lives here: the pool, `:name` -> `$n` binding, migrations under an
+advisory lock, and how a hold is committed. Every Store method and query is shared with SQLite
+(bot/store/common.py, bot/store/sql.py).
+
+Holds across processes. Under READ COMMITTED a guarded `INSERT … SELECT` alone is not enough: two
+transactions can both read the sums before either commits. So a hold's transaction first takes
+transaction-scoped advisory locks, the server's then the member's (one order everywhere: no deadlock),
+exclusive on each limit the hold checks and shared on the others, and only then runs the guarded insert:
+its statement snapshot is taken after the locks, so it sees every hold committed before it. Settlements
+need no lock: a capture or release never raises what counts against a limit.
+
+Claims take one advisory lock for the whole claim statement, so the run limits hold across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from bot.store import sql
+from bot.store.base import DuplicateJobError
+from bot.store.common import HoldRequest, SqlStore, Tx, job_from_row, load_migrations
+from bot.store.records import JobRecord
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+QUERIES = sql.Queries(sql.POSTGRES)
+MIGRATION_LOCK = "migrations"
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit advisory lock key for `name` (the same in every process)."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+
+
+def _bind(statement: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    text, names = sql.to_numbered(statement)
+    return text, [params[name] for name in names]
+
+
+class _PgTx:
+    """`Tx` on one pooled connection inside `connection.transaction()`."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self._conn = conn
+
+    async def fetch(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
+        text, args = _bind(statement, params)
+        return list(await self._conn.fetch(text, *args))
+
+    async def lock(self, keys: Sequence[tuple[str, bool]]) -> None:
+        calls = ", ".join(
+            f"pg_advisory_xact_lock{'' if exclusive else '_shared'}(${n})"
+            for n, (_, exclusive) in enumerate(keys, start=1)
+        )
+        await self._conn.execute(f"SELECT {calls}", *(lock_key(name) for name, _ in keys))
+
+
+def _consume_exception(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("transaction of a cancelled caller failed: %r", task.exception())
+
+
+class PostgresStore(SqlStore):
+    """`Store` on a PostgreSQL database (`postgresql://…`), safe for many processes at once."""
+
+    queries = QUERIES
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str | None = None,
+        min_size: int = 2,
+        max_size: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._dsn = dsn
+        self._schema = schema
+        self._min_size = min_size
+        self._max_size = max_size
+        self._clock = clock
+        self._pool: asyncpg.Pool | None = None
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    # --- lifetime ----------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        settings = {"search_path": self._schema} if self._schema else {}
+        pool = await asyncpg.create_pool(
+            self._dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
+        )
+        try:
+            await self._migrate(pool)
+        except BaseException:
+            await pool.close()
+            raise
+        self._pool = pool
+
+    async def close(self) -> None:
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        await pool.close()  # waits for connections in use: transactions in progress finish first
+
+    async def _migrate(self, pool: asyncpg.Pool) -> None:
+        """Apply every migration newer than the recorded version, all in one transaction.
+
+        The advisory lock makes two processes starting at once take turns: the second finds the work done.
+        """
+        migrations = load_migrations("postgres")
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(MIGRATION_LOCK))
+            await conn.execute(sql.SCHEMA_VERSION_TABLE)
+            current = await conn.fetchval(sql.SCHEMA_VERSION)
+            pending = [m for m in migrations if m[0] > current]
+            if migrations and current > migrations[-1][0]:
+                log.warning("database schema %s is newer than this code knows (%s)", current, migrations[-1][0])
+            for version, name, script in pending:
+                await conn.execute(script)
+                text, args = _bind(sql.RECORD_VERSION, {"version": version, "name": name, "now": self._clock()})
+                await conn.execute(text, *args)
+        if pending:
+            log.info("applied migrations %s", ", ".join(name for _, name, _ in pending))
+
+    @property
+    def _conn_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    # --- dialect primitives ------------------------------------------------------------------------------
+
+    async def _read(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
+        text, args = _bind(statement, params)
+        return list(await self._conn_pool.fetch(text, *args))
+
+    async def _single(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
+        text, args = _bind(statement, params)
+        task = asyncio.ensure_future(self._conn_pool.fetch(text, *args))
+        task.add_done_callback(_consume_exception)
+        return list(await asyncio.shield(task))  # a cancelled caller does not cut the statement
+
+    async def _write(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        """Run `body` in one transaction on one connection; shielded, so it runs to COMMIT or ROLLBACK."""
+        task = asyncio.ensure_future(self._transaction(body))
+        task.add_done_callback(_consume_exception)
+        return await asyncio.shield(task)
+
+    async def _transaction(self, body: Callable[[Tx], Awaitable[T]]) -> T:
+        async with self._conn_pool.acquire() as conn, conn.transaction():
+            return await body(_PgTx(conn))
+
+    async def _hold(self, request: HoldRequest) -> JobRecord:
+        try:
+            return await self._write(lambda tx: self._hold_in(tx, request))
+        except asyncpg.UniqueViolationError as exc:
+            raise DuplicateJobError(f"job {request.values['id']} already exists") from exc
+
+    async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
+        rows = await self._single(sql.FINISH_JOB, values)
+        return job_from_row(rows[0]) if rows else None

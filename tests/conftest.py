@@ -1,0 +1,113 @@
+"""The store fixtures: every store-backed test runs against SQLite (file and memory) and PostgreSQL.
+
+PostgreSQL is the local server (TEST_POSTGRES_DSN, default postgresql://postgres@127.0.0.1:5432/test).
+Each PostgreSQL test gets its own schema, dropped afterwards. Without a reachable server the PostgreSQL
+cases are skipped with the reason shown; with REQUIRE_POSTGRES=1 (CI) they fail instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import pytest
+
+from bot.store.base import Store
+from bot.store.postgres import PostgresStore
+from bot.store.sqlite import SqliteStore
+
+PG_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+STORE_KINDS = ["sqlite-file", "sqlite-memory", "postgres"]
+
+_pg_problem: list[str] = []  # the reason PostgreSQL is unusable, found once per run
+
+
+async def _probe() -> str | None:
+    import asyncpg
+
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(PG_DSN), timeout=5)
+    except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+        return f"PostgreSQL at {PG_DSN} unreachable ({type(exc).__name__}: {exc})"
+    await conn.close()
+    return None
+
+
+async def require_postgres() -> None:
+    """Skip (or with REQUIRE_POSTGRES=1, fail) the current test when PostgreSQL cannot be reached."""
+    if not _pg_problem:
+        _pg_problem.append(await _probe() or "")
+    if _pg_problem[0]:
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {_pg_problem[0]}")
+        pytest.skip(_pg_problem[0])
+
+
+async def _pg_admin(statement: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def pg_schema() -> AsyncIterator[str]:
+    """A fresh schema in the test database, dropped (with everything in it) after the test."""
+    await require_postgres()
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    await _pg_admin(f"CREATE SCHEMA {name}")
+    try:
+        yield name
+    finally:
+        await _pg_admin(f"DROP SCHEMA {name} CASCADE")
+
+
+StoreMaker = Callable[[], Store]
+
+
+@pytest.fixture(params=STORE_KINDS)
+async def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
+    """Builds (unopened) stores that share one database: one more process's view each time it is called.
+
+    For SQLite, stores on one file ("sqlite-memory" has one store only: memory cannot be shared).
+    For PostgreSQL, stores with their own connection pools on one fresh schema.
+    """
+    kind = request.param
+    if kind == "postgres":
+        await require_postgres()
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        await _pg_admin(f"CREATE SCHEMA {name}")
+        try:
+            yield lambda: PostgresStore(PG_DSN, schema=name, min_size=1, max_size=8)
+        finally:
+            await _pg_admin(f"DROP SCHEMA {name} CASCADE")
+    elif kind == "sqlite-file":
+        path = str(tmp_path / "nested" / "bot.db")
+        yield lambda: SqliteStore(path)
+    else:
+        yield lambda: SqliteStore(":memory:")
+
+
+@pytest.fixture
+async def store(store_maker: StoreMaker) -> AsyncIterator[Store]:
+    """The store under test, open; parametrized over SQLite (file, memory) and PostgreSQL."""
+    async with store_maker() as s:
+        yield s
+
+
+@pytest.fixture
+async def shared_stores(store_maker: StoreMaker, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Store]]:
+    """Two open stores on one database, as two processes would have (SQLite file and PostgreSQL)."""
+    if request.node.callspec.params.get("store_maker") == "sqlite-memory":
+        pytest.skip("an in-memory SQLite database cannot be shared by two stores")
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(store_maker())
+        second = await stack.enter_async_context(store_maker())
+        yield first, second
