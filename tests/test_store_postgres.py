@@ -1,0 +1,50 @@
+"""What only PostgreSQL has: the database itself refuses ledger changes, two processes migrating at once,
+and DATABASE_URL choosing it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from bot.store import open_store
+from bot.store.common import load_migrations
+from bot.store.postgres import PostgresStore
+from bot.store.records import HoldLimits
+from tests.conftest import PG_DSN
+from tests.factories import make_job
+
+NOW = 1_710_000_000.0
+
+
+def test_database_url_picks_postgres() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:5432/test")
+    assert isinstance(store, PostgresStore) and store.dsn.endswith("/test")
+
+
+async def test_two_processes_migrating_at_once_apply_each_migration_once(pg_schema: str) -> None:
+    stores = [PostgresStore(PG_DSN, schema=pg_schema, min_size=1, max_size=2) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": pg_schema})
+        try:
+            versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+        finally:
+            await conn.close()
+        assert versions == [v for v, _, _ in load_migrations("postgres")]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_the_database_refuses_ledger_updates_deletes_and_truncate(pg_schema: str) -> None:
+    async with PostgresStore(PG_DSN, schema=pg_schema) as store:
+        await store.create_job_with_hold(make_job(id="j", count=1, price=5), HoldLimits(None, 0.0), now=NOW)
+    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": pg_schema})
+    try:
+        for statement in ("UPDATE ledger SET amount = 1", "DELETE FROM ledger", "TRUNCATE ledger"):
+            with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+                await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM ledger") == 1
+    finally:
+        await conn.close()
