@@ -47,7 +47,7 @@ async def require_postgres() -> None:
         pytest.skip(_pg_problem[0])
 
 
-async def _pg_admin(statement: str) -> None:
+async def pg_admin(statement: str) -> None:
     import asyncpg
 
     conn = await asyncpg.connect(PG_DSN)
@@ -62,11 +62,11 @@ async def pg_schema() -> AsyncIterator[str]:
     """A fresh schema in the test database, dropped (with everything in it) after the test."""
     await require_postgres()
     name = f"t_{uuid.uuid4().hex[:16]}"
-    await _pg_admin(f"CREATE SCHEMA {name}")
+    await pg_admin(f"CREATE SCHEMA {name}")
     try:
         yield name
     finally:
-        await _pg_admin(f"DROP SCHEMA {name} CASCADE")
+        await pg_admin(f"DROP SCHEMA {name} CASCADE")
 
 
 StoreMaker = Callable[[], Store]
@@ -83,11 +83,11 @@ async def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
     if kind == "postgres":
         await require_postgres()
         name = f"t_{uuid.uuid4().hex[:16]}"
-        await _pg_admin(f"CREATE SCHEMA {name}")
+        await pg_admin(f"CREATE SCHEMA {name}")
         try:
             yield lambda: PostgresStore(PG_DSN, schema=name, min_size=1, max_size=8)
         finally:
-            await _pg_admin(f"DROP SCHEMA {name} CASCADE")
+            await pg_admin(f"DROP SCHEMA {name} CASCADE")
     elif kind == "sqlite-file":
         path = str(tmp_path / "nested" / "bot.db")
         yield lambda: SqliteStore(path)

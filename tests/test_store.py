@@ -1,5 +1,6 @@
-"""SqliteStore: migrations, every method's round trip, exactly-once settlement, compare-and-set, audit,
-and two stores on one file (as two processes) never overspending."""
+"""The store contract, on SQLite (file, memory) and PostgreSQL: every method's round trip, exactly-once
+settlement, compare-and-set, audit, and two stores on one database (as two processes) never overspending;
+SQLite's own migrations and file at the start."""
 
 from __future__ import annotations
 
@@ -364,32 +365,31 @@ async def test_meta(store: SqliteStore) -> None:
     assert await store.get_meta("k") == "2"
 
 
-# --- two processes on one file ----------------------------------------------------------------------------
+# --- two processes on one database ------------------------------------------------------------------------
 
 
-async def test_two_stores_on_one_file_never_overspend(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
+async def test_two_stores_on_one_database_never_overspend(shared_stores: tuple[Store, Store]) -> None:
     limits = HoldLimits(allowance=100, period_start=0.0)
-    async with SqliteStore(path) as first, SqliteStore(path) as second:
-        stores = (first, second)
-        results = await asyncio.gather(
-            *(
-                stores[i % 2].create_job_with_hold(new_job(f"j{i}", count=1, price=7), limits, now=NOW)
-                for i in range(40)
-            ),
-            return_exceptions=True,
-        )
-        held = [r for r in results if not isinstance(r, BaseException)]
-        refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
-        assert len(held) == 100 // 7 and len(refused) == 40 - 100 // 7
-        assert all(r.params == {"needed": 7, "available": 100 - 7 * 14} for r in refused)
-        # settle from both sides at once: each job captured once
-        settled = await asyncio.gather(
-            *(s.finish_job(job.id, JobStatus.DELIVERED, delivered_count=1, now=NOW) for job in held for s in stores)
-        )
-        assert sum(r is not None for r in settled) == len(held)
-        totals = await first.member_totals(G, U, 0.0)
-        assert (totals.captured, totals.held) == (7 * 14, 0)
+    first, second = shared_stores
+    stores = (first, second)
+    results = await asyncio.gather(
+        *(
+            stores[i % 2].create_job_with_hold(new_job(f"j{i}", count=1, price=7), limits, now=NOW)
+            for i in range(40)
+        ),
+        return_exceptions=True,
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
+    assert len(held) == 100 // 7 and len(refused) == 40 - 100 // 7
+    assert all(r.params == {"needed": 7, "available": 100 - 7 * 14} for r in refused)
+    # settle from both sides at once: each job captured once
+    settled = await asyncio.gather(
+        *(s.finish_job(job.id, JobStatus.DELIVERED, delivered_count=1, now=NOW) for job in held for s in stores)
+    )
+    assert sum(r is not None for r in settled) == len(held)
+    totals = await first.member_totals(G, U, 0.0)
+    assert (totals.captured, totals.held) == (7 * 14, 0)
 
 
 # --- running totals (migration 0002) ------------------------------------------------------------------------

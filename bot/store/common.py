@@ -10,6 +10,7 @@ are committed: SQLite groups them, PostgreSQL locks per member and server), and 
 from __future__ import annotations
 
 import json
+import logging
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ from bot.store.records import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 DURATIONS_KEPT_PER_MODEL = 100
 MIGRATIONS_PACKAGE = "bot.store.migrations"
@@ -122,6 +125,28 @@ def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
         found[version] = (version, name, entry.read_text(encoding="utf-8"))
         overridden[version] = specific
     return [found[version] for version in sorted(found)]
+
+
+async def apply_migrations(
+    tx: Tx, dialect: str, run_script: Callable[[str], Awaitable[None]], *, now: float
+) -> list[str]:
+    """Apply, inside the caller's transaction, every migration newer than the recorded version.
+
+    The caller holds the lock that makes a second process wait (SQLite: BEGIN IMMEDIATE; PostgreSQL:
+    an advisory lock), so the second finds the work done. Returns the names applied.
+    """
+    migrations = load_migrations(dialect)
+    await tx.fetch(sql.SCHEMA_VERSION_TABLE, {})
+    current = (await tx.fetch(sql.SCHEMA_VERSION, {}))[0][0]
+    if migrations and current > migrations[-1][0]:
+        log.warning("database schema %s is newer than this code knows (%s)", current, migrations[-1][0])
+    pending = [m for m in migrations if m[0] > current]
+    for version, name, script in pending:
+        await run_script(script)
+        await tx.fetch(sql.RECORD_VERSION, {"version": version, "name": name, "now": now})
+    if pending:
+        log.info("applied migrations %s", ", ".join(name for _, name, _ in pending))
+    return [name for _, name, _ in pending]
 
 
 # --- rows -> records -----------------------------------------------------------------------------------

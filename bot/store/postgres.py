@@ -27,7 +27,7 @@ import asyncpg
 
 from bot.store import sql
 from bot.store.base import DuplicateJobError
-from bot.store.common import HoldRequest, SqlStore, Tx, job_from_row, load_migrations
+from bot.store.common import HoldRequest, SqlStore, Tx, apply_migrations, job_from_row
 from bot.store.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -123,20 +123,13 @@ class PostgresStore(SqlStore):
 
         The advisory lock makes two processes starting at once take turns: the second finds the work done.
         """
-        migrations = load_migrations("postgres")
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", lock_key(MIGRATION_LOCK))
-            await conn.execute(sql.SCHEMA_VERSION_TABLE)
-            current = await conn.fetchval(sql.SCHEMA_VERSION)
-            pending = [m for m in migrations if m[0] > current]
-            if migrations and current > migrations[-1][0]:
-                log.warning("database schema %s is newer than this code knows (%s)", current, migrations[-1][0])
-            for version, name, script in pending:
-                await conn.execute(script)
-                text, args = _bind(sql.RECORD_VERSION, {"version": version, "name": name, "now": self._clock()})
-                await conn.execute(text, *args)
-        if pending:
-            log.info("applied migrations %s", ", ".join(name for _, name, _ in pending))
+
+            async def run_script(script: str) -> None:
+                await conn.execute(script)  # several statements (and $$ bodies): the simple protocol
+
+            await apply_migrations(_PgTx(conn), "postgres", run_script, now=self._clock())
 
     @property
     def _conn_pool(self) -> asyncpg.Pool:

@@ -44,7 +44,15 @@ import aiosqlite
 
 from bot.store import sql
 from bot.store.base import DuplicateJobError
-from bot.store.common import DURATIONS_KEPT_PER_MODEL, HoldRequest, SqlStore, Tx, job_from_row, load_migrations
+from bot.store.common import (
+    DURATIONS_KEPT_PER_MODEL,
+    HoldRequest,
+    SqlStore,
+    Tx,
+    apply_migrations,
+    job_from_row,
+    load_migrations,
+)
 from bot.store.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -191,26 +199,19 @@ class SqliteStore(SqlStore):
     async def _migrate(self) -> None:
         """Apply every migration newer than the recorded version, all in one transaction."""
         db = self._conn
-        migrations = _load_migrations()
+
+        async def run_script(script: str) -> None:
+            for statement in _split_statements(script):
+                await db.execute(statement)
+
         async with self._lock:
             await db.execute("BEGIN IMMEDIATE")  # two processes opening at once: one migrates, one waits
             try:
-                await db.execute(sql.SCHEMA_VERSION_TABLE)
-                rows = await db.execute_fetchall(sql.SCHEMA_VERSION)
-                current = next(iter(rows))[0]
-                pending = [m for m in migrations if m[0] > current]
-                if migrations and current > migrations[-1][0]:
-                    log.warning("database schema %s is newer than this code knows (%s)", current, migrations[-1][0])
-                for version, name, script in pending:
-                    for statement in _split_statements(script):
-                        await db.execute(statement)
-                    await db.execute(sql.RECORD_VERSION, {"version": version, "name": name, "now": self._clock()})
+                await apply_migrations(_SqliteTx(db), "sqlite", run_script, now=self._clock())
                 await db.commit()
             except BaseException:
                 await db.rollback()
                 raise
-        if pending:
-            log.info("applied migrations %s", ", ".join(name for _, name, _ in pending))
 
     @property
     def _conn(self) -> aiosqlite.Connection:
