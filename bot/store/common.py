@@ -307,16 +307,6 @@ class SqlStore(Store):
     async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
         """Run FINISH_JOB with `values`; the updated job, or None when it was already terminal."""
 
-    async def _hold_in(self, tx: Tx, request: HoldRequest) -> JobRecord:
-        """A hold as one plain transaction body (the PostgreSQL path, and SQLite's one-by-one retry)."""
-        await tx.lock(request.lock_keys)
-        held = await tx.fetch(request.sql + " RETURNING job_id", request.values)
-        if not held:
-            figures = await tx.fetch(self.queries.limit_figures, request.figure_values)
-            raise request.refusal(figures[0] if figures else None)
-        await tx.fetch(sql.INSERT_JOB, request.values)
-        return request.record()
-
     # --- small bot state ---------------------------------------------------------------------------------
 
     async def get_meta(self, key: str) -> str | None:

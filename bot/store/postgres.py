@@ -49,21 +49,34 @@ def _bind(statement: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
 
 
 class _PgTx:
-    """`Tx` on one pooled connection inside `connection.transaction()`."""
+    """`Tx` on one pooled connection. BEGIN goes out with the first statement: with the locks, when the
+    transaction starts with them, so a hold's BEGIN and its locks are one round trip."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
-        self._conn = conn
+        self.conn = conn
+        self.begun = False
 
     async def fetch(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
+        if not self.begun:
+            await self.conn.execute("BEGIN")
+            self.begun = True
         text, args = _bind(statement, params)
-        return list(await self._conn.fetch(text, *args))
+        return list(await self.conn.fetch(text, *args))
 
     async def lock(self, keys: Sequence[tuple[str, bool]]) -> None:
+        # The keys are integers made here, never text from outside: safe to write into the statement, which
+        # lets BEGIN and the locks share one simple-protocol round trip.
         calls = ", ".join(
-            f"pg_advisory_xact_lock{'' if exclusive else '_shared'}(${n})"
-            for n, (_, exclusive) in enumerate(keys, start=1)
+            f"pg_advisory_xact_lock{'' if exclusive else '_shared'}({lock_key(name)})" for name, exclusive in keys
         )
-        await self._conn.execute(f"SELECT {calls}", *(lock_key(name) for name, _ in keys))
+        await self.conn.execute(f"{'' if self.begun else 'BEGIN; '}SELECT {calls}")
+        self.begun = True
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """The pool's reset between uses, which is a round trip per use by default (unlock all, RESET ALL,
+    UNLISTEN): the store leaves nothing to reset. Its locks are transaction-scoped, every transaction
+    ends in COMMIT or ROLLBACK before release, and it never SETs, LISTENs or opens cursors."""
 
 
 def _consume_exception(task: asyncio.Task[Any]) -> None:
@@ -103,7 +116,11 @@ class PostgresStore(SqlStore):
             return
         settings = {"search_path": self._schema} if self._schema else {}
         pool = await asyncpg.create_pool(
-            self._dsn, min_size=self._min_size, max_size=self._max_size, server_settings=settings
+            self._dsn,
+            min_size=self._min_size,
+            max_size=self._max_size,
+            server_settings=settings,
+            reset=_keep_session,
         )
         try:
             await self._migrate(pool)
@@ -156,14 +173,39 @@ class PostgresStore(SqlStore):
         return await asyncio.shield(task)
 
     async def _transaction(self, body: Callable[[Tx], Awaitable[T]]) -> T:
-        async with self._conn_pool.acquire() as conn, conn.transaction():
-            return await body(_PgTx(conn))
+        async with self._conn_pool.acquire() as conn:
+            tx = _PgTx(conn)
+            try:
+                result = await body(tx)
+            except BaseException:
+                if tx.begun and not conn.is_closed():
+                    await conn.execute("ROLLBACK")
+                raise
+            if tx.begun:
+                await conn.execute("COMMIT")
+            return result
 
     async def _hold(self, request: HoldRequest) -> JobRecord:
         try:
             return await self._write(lambda tx: self._hold_in(tx, request))
         except asyncpg.UniqueViolationError as exc:
             raise DuplicateJobError(f"job {request.values['id']} already exists") from exc
+
+    async def _hold_in(self, tx: Tx, request: HoldRequest) -> JobRecord:
+        """Locks, then one statement: the guarded hold, its job row (only where the hold went in), and the
+        figures a refusal reports. One statement is one snapshot, so the figures are the ones the guard saw
+        (a release committed a moment later, which takes no lock, cannot make them disagree)."""
+        await tx.lock(request.lock_keys)
+        statement = (
+            f"WITH held AS ({request.sql} RETURNING job_id), placed AS ({sql.JOB_ROW} FROM held RETURNING id)"
+            f" SELECT (SELECT count(*) FROM placed) AS placed, figures.available, figures.spent"
+            f" FROM ({self.queries.limit_figures}) AS figures"
+        )
+        # The figures add a zero allowance where it is unlimited; the guard names it only where it is not.
+        rows = await tx.fetch(statement, {**request.values, **request.figure_values})
+        if not rows[0]["placed"]:
+            raise request.refusal((rows[0]["available"], rows[0]["spent"]))
+        return request.record()
 
     async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
         rows = await self._single(sql.FINISH_JOB, values)

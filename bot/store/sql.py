@@ -73,11 +73,11 @@ def to_numbered(sql: str) -> tuple[str, tuple[str, ...]]:
 
 # Every NewJob field is a column of the same name; the hold amount, status and time are added. The job
 # row goes in only when its hold did (the guarded statement before it), so a refused hold writes nothing.
-INSERT_JOB = (
+JOB_ROW = (
     f"INSERT INTO jobs ({', '.join(NEW_JOB_FIELDS)}, status, hold_amount, created_at)"
     f" SELECT {', '.join(':' + name for name in NEW_JOB_FIELDS)}, 'queued', :amount, :now"
-    " WHERE EXISTS (SELECT 1 FROM holds WHERE job_id = :id AND created_at = :now)"
 )
+INSERT_JOB = JOB_ROW + " WHERE EXISTS (SELECT 1 FROM holds WHERE job_id = :id AND created_at = :now)"
 INSERT_HOLD = """
 INSERT INTO holds (job_id, guild_id, user_id, model, amount, created_at)
 SELECT :id, :guild_id, :user_id, :model, :amount, :now
