@@ -91,6 +91,27 @@ async def test_claims_from_two_stores_take_each_job_once_within_limits(shared_st
     assert owners == {j.id: j.owner for j in claimed}
 
 
+async def test_claims_count_what_other_processes_already_run(shared_stores: tuple[Store, Store]) -> None:
+    first, second = shared_stores
+    for guild in (G, G + 1):
+        for member in range(3):
+            for n in range(2):
+                new = job(f"g{guild}-{member}-{n}", user_id=3000 + member, guild_id=guild)
+                await first.create_job_with_hold(new, _unlimited(), now=NOW + n)
+    limits = RunLimits(per_member=1, per_guild=2, global_limit=3)
+    by_first = await first.claim_jobs("a", limits, lease_seconds=30, now=NOW, most=2)
+    assert len(by_first) == 2
+    by_second = await second.claim_jobs("b", limits, lease_seconds=30, now=NOW, most=10)
+    assert len(by_second) == 1  # the global limit counts the first process's two
+    running = by_first + by_second
+    assert max(Counter(j.guild_id for j in running).values()) <= 2
+    assert len({(j.guild_id, j.user_id) for j in running}) == 3  # one per member
+    # a finished job frees its slot for the next claim, by anyone
+    await first.finish_job(by_second[0].id, JobStatus.CANCELLED, now=NOW)
+    assert len(await first.claim_jobs("a", limits, lease_seconds=30, now=NOW, most=10)) == 1
+    assert await second.claim_jobs("b", limits, lease_seconds=30, now=NOW, most=10) == []
+
+
 async def test_claim_is_round_robin_between_members(store: Store) -> None:
     for n in range(3):
         await store.create_job_with_hold(job(f"a{n}", user_id=1), _unlimited(), now=NOW + n)

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from bot.errors import BudgetExhaustedError, InsufficientCreditsError
 from bot.store import sql
 from bot.store.base import DuplicateJobError
 from bot.store.common import HoldRequest, SqlStore, Tx, apply_migrations, job_from_row
@@ -36,6 +37,7 @@ T = TypeVar("T")
 
 QUERIES = sql.Queries(sql.POSTGRES)
 MIGRATION_LOCK = "migrations"
+HOLD_ATTEMPTS = 3  # a refused hold whose figures show room (a release landed meanwhile) is tried again
 
 
 def lock_key(name: str) -> int:
@@ -192,20 +194,19 @@ class PostgresStore(SqlStore):
             raise DuplicateJobError(f"job {request.values['id']} already exists") from exc
 
     async def _hold_in(self, tx: Tx, request: HoldRequest) -> JobRecord:
-        """Locks, then one statement: the guarded hold, its job row (only where the hold went in), and the
-        figures a refusal reports. One statement is one snapshot, so the figures are the ones the guard saw
-        (a release committed a moment later, which takes no lock, cannot make them disagree)."""
+        """Locks, then the guarded hold and its job row in one statement (the job row only where the hold
+        went in). A refusal reads its figures in the next statement, under the same locks; if a release
+        committed in between (releases take no lock) the figures show room, and the hold is tried again."""
         await tx.lock(request.lock_keys)
-        statement = (
-            f"WITH held AS ({request.sql} RETURNING job_id), placed AS ({sql.JOB_ROW} FROM held RETURNING id)"
-            f" SELECT (SELECT count(*) FROM placed) AS placed, figures.available, figures.spent"
-            f" FROM ({self.queries.limit_figures}) AS figures"
-        )
-        # The figures add a zero allowance where it is unlimited; the guard names it only where it is not.
-        rows = await tx.fetch(statement, {**request.values, **request.figure_values})
-        if not rows[0]["placed"]:
-            raise request.refusal((rows[0]["available"], rows[0]["spent"]))
-        return request.record()
+        statement = f"WITH held AS ({request.sql} RETURNING job_id) {sql.JOB_ROW} FROM held RETURNING id"
+        for _ in range(HOLD_ATTEMPTS):
+            if await tx.fetch(statement, request.values):
+                return request.record()
+            figures = await tx.fetch(self.queries.limit_figures, request.figure_values)
+            refusal = request.refusal(figures[0] if figures else None)
+            if isinstance(refusal, InsufficientCreditsError | BudgetExhaustedError):
+                raise refusal
+        raise refusal
 
     async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
         rows = await self._single(sql.FINISH_JOB, values)
