@@ -11,7 +11,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import AsyncExitStack
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from bot.store.sqlite import SqliteStore
 
 PG_DSN = os.environ.get("TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 STORE_KINDS = ["sqlite-file", "sqlite-memory", "postgres"]
+SHARED_KINDS = ["sqlite-file", "postgres"]  # an in-memory database cannot be shared
 
 _pg_problem: list[str] = []  # the reason PostgreSQL is unusable, found once per run
 
@@ -72,14 +73,13 @@ async def pg_schema() -> AsyncIterator[str]:
 StoreMaker = Callable[[], Store]
 
 
-@pytest.fixture(params=STORE_KINDS)
-async def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[StoreMaker]:
+@asynccontextmanager
+async def _makers(kind: str, tmp_path: Path) -> AsyncIterator[StoreMaker]:
     """Builds (unopened) stores that share one database: one more process's view each time it is called.
 
-    For SQLite, stores on one file ("sqlite-memory" has one store only: memory cannot be shared).
-    For PostgreSQL, stores with their own connection pools on one fresh schema.
+    For SQLite, stores on one file ("sqlite-memory": a new private database each call).
+    For PostgreSQL, stores with their own connection pools on one fresh schema, dropped after.
     """
-    kind = request.param
     if kind == "postgres":
         await require_postgres()
         name = f"t_{uuid.uuid4().hex[:16]}"
@@ -95,19 +95,15 @@ async def store_maker(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIt
         yield lambda: SqliteStore(":memory:")
 
 
-@pytest.fixture
-async def store(store_maker: StoreMaker) -> AsyncIterator[Store]:
+@pytest.fixture(params=STORE_KINDS)
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
     """The store under test, open; parametrized over SQLite (file, memory) and PostgreSQL."""
-    async with store_maker() as s:
+    async with _makers(request.param, tmp_path) as make, make() as s:
         yield s
 
 
-@pytest.fixture
-async def shared_stores(store_maker: StoreMaker, request: pytest.FixtureRequest) -> AsyncIterator[tuple[Store, Store]]:
-    """Two open stores on one database, as two processes would have (SQLite file and PostgreSQL)."""
-    if request.node.callspec.params.get("store_maker") == "sqlite-memory":
-        pytest.skip("an in-memory SQLite database cannot be shared by two stores")
-    async with AsyncExitStack() as stack:
-        first = await stack.enter_async_context(store_maker())
-        second = await stack.enter_async_context(store_maker())
+@pytest.fixture(params=SHARED_KINDS)
+async def shared_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
+    """Two open stores on one database, as two processes would have (a SQLite file; PostgreSQL, two pools)."""
+    async with _makers(request.param, tmp_path) as make, make() as first, make() as second:
         yield first, second

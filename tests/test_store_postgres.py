@@ -48,3 +48,12 @@ async def test_the_database_refuses_ledger_updates_deletes_and_truncate(pg_schem
         assert await conn.fetchval("SELECT count(*) FROM ledger") == 1
     finally:
         await conn.close()
+
+
+def test_each_dialect_runs_its_own_file_or_the_portable_one() -> None:
+    names = {dialect: [name for _, name, _ in load_migrations(dialect)] for dialect in ("sqlite", "postgres")}
+    assert names["sqlite"][:2] == ["0001_initial.sql", "0002_spend_buckets.sql"]
+    assert names["postgres"][:2] == ["0001_initial.postgres.sql", "0002_spend_buckets.postgres.sql"]
+    portable = "0004_leases_and_processes.sql"
+    assert portable in names["sqlite"] and portable in names["postgres"]
+    assert [v for v, _, _ in load_migrations("sqlite")] == [v for v, _, _ in load_migrations("postgres")]

@@ -1,6 +1,6 @@
 """The SQLite store: the embedded default, one file in WAL mode, reached through aiosqlite.
 
-Only what is SQLite's own lives here (connections, the write lock, group commit, migrations runner);
+Only what is SQLite's own lives here (connections, the write lock, group commit, splitting migrations);
 every Store method and every query is shared with PostgreSQL in bot/store/common.py and bot/store/sql.py.
 
 Concurrency. aiosqlite runs every statement of a connection on one worker thread, in the order it was
