@@ -147,6 +147,17 @@ async def test_expired_lease_is_taken_over_once_live_owner_never(shared_stores: 
     assert await second.renew_leases(winner or "", lease_seconds=10, now=NOW + 31) == {dead_job.id}
 
 
+async def test_a_released_job_is_claimed_by_another_process(shared_stores: tuple[Store, Store]) -> None:
+    first, second = shared_stores
+    await first.create_job_with_hold(job("r"), _unlimited(), now=NOW)
+    [claimed] = await first.claim_jobs("a", WIDE, lease_seconds=30, now=NOW)
+    assert await second.release_job("r", "b") is False  # only the owner gives a job back
+    assert await second.claim_jobs("b", WIDE, lease_seconds=30, now=NOW) == []
+    assert await first.release_job(claimed.id, "a") is True
+    [again] = await second.claim_jobs("b", WIDE, lease_seconds=30, now=NOW + 1)
+    assert (again.id, again.owner, again.lease_expires_at) == ("r", "b", NOW + 31)
+
+
 async def test_cancel_set_by_one_store_is_read_by_the_other(shared_stores: tuple[Store, Store]) -> None:
     first, second = shared_stores
     await first.create_job_with_hold(job("c"), _unlimited(), now=NOW)
