@@ -57,3 +57,17 @@ def test_each_dialect_runs_its_own_file_or_the_portable_one() -> None:
     portable = "0004_leases_and_processes.sql"
     assert portable in names["sqlite"] and portable in names["postgres"]
     assert [v for v, _, _ in load_migrations("sqlite")] == [v for v, _, _ in load_migrations("postgres")]
+
+
+def test_a_portable_migration_with_real_is_refused_for_postgres(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    package = tmp_path / "fake_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "0001_a.sql").write_text("-- REAL in a comment is fine\nCREATE TABLE t (x DOUBLE PRECISION);\n")
+    (package / "0002_b.sql").write_text("ALTER TABLE t ADD COLUMN seen_at REAL;\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [n for _, n, _ in load_migrations("sqlite", "fake_migrations")] == ["0001_a.sql", "0002_b.sql"]
+    with pytest.raises(RuntimeError, match=r"0002_b\.sql uses REAL"):
+        load_migrations("postgres", "fake_migrations")
+    (package / "0002_b.postgres.sql").write_text("ALTER TABLE t ADD COLUMN seen_at DOUBLE PRECISION;\n")
+    assert [n for _, n, _ in load_migrations("postgres", "fake_migrations")] == ["0001_a.sql", "0002_b.postgres.sql"]

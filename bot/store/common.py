@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -96,7 +97,7 @@ class Tx(Protocol):
 # --- migrations ----------------------------------------------------------------------------------------
 
 
-def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
+def load_migrations(dialect: str, package: str = MIGRATIONS_PACKAGE) -> list[tuple[int, str, str]]:
     """(version, file name, SQL) of every migration for `dialect`, in order.
 
     A migration is `NNNN_name.sql` (portable: both databases run it) or, when the two need different
@@ -106,7 +107,7 @@ def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
     found: dict[int, tuple[int, str, str]] = {}
     overridden: dict[int, bool] = {}
     dialects = ("sqlite", "postgres")
-    for entry in resources.files(MIGRATIONS_PACKAGE).iterdir():
+    for entry in resources.files(package).iterdir():
         name = entry.name
         if not name.endswith(".sql"):
             continue
@@ -124,7 +125,22 @@ def load_migrations(dialect: str) -> list[tuple[int, str, str]]:
             continue  # the dialect's own file wins over the portable one
         found[version] = (version, name, entry.read_text(encoding="utf-8"))
         overridden[version] = specific
-    return [found[version] for version in sorted(found)]
+    chosen = [found[version] for version in sorted(found)]
+    if dialect == "postgres":
+        for _, name, text in chosen:
+            if not overridden[int(name.split("_", 1)[0])] and _FLOAT4.search(_strip_comments(text)):
+                raise RuntimeError(
+                    f"portable migration {name} uses REAL, which PostgreSQL stores in 4 bytes (epoch seconds"
+                    " would lose minutes): write DOUBLE PRECISION, or add a .postgres.sql version"
+                )
+    return chosen
+
+
+_FLOAT4 = re.compile(r"\bREAL\b", re.IGNORECASE)
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line.split("--", 1)[0] for line in text.splitlines())
 
 
 async def apply_migrations(
