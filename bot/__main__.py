@@ -1,4 +1,4 @@
-"""Start the bot: settings, logging, then the session, the store and the client, each owned by `async with`.
+"""Start the bot: settings, logging, then the sessions, the store and the client, each owned by `async with`.
 
 `python -m bot` or the `imagine-bot` console script. The end-to-end tests call `run()` too, so they go
 through the same start-up as production.
@@ -20,6 +20,8 @@ from bot.catalog import CatalogError
 from bot.config import Settings
 from bot.errors import StartupError
 from bot.logs import configure_logging
+from bot.net import guarded_session
+from bot.ops.runtime import ops_running
 from bot.services import Services
 from bot.store import open_store
 
@@ -44,14 +46,28 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
     from bot.discord_app import ImagineBot  # the adapter seam: the one place bot/ touches discord
 
     timeout = aiohttp.ClientTimeout(total=None, connect=30)
-    async with aiohttp.ClientSession(timeout=timeout) as session, open_store(settings.database_url) as store:
-        services = Services.build(settings, session, store)
-        async with ImagineBot(settings, services) as bot:
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        guarded_session(allow_loopback=settings.allow_loopback_http) as downloads,
+        open_store(settings.database_url) as store,
+    ):
+        services = Services.build(settings, session, store, downloads=downloads)
+        async with (
+            ImagineBot(settings, services) as bot,
+            ops_running(
+                settings,
+                services.metrics,
+                store,
+                discord_ready=lambda: bot.is_ready() and not bot.is_closed(),
+                dispatching=lambda: services.jobs.dispatching,
+            ) as health,
+        ):
+            bot.health = health
             loop = asyncio.get_running_loop()
             handled = []
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.add_signal_handler(sig, lambda: asyncio.ensure_future(bot.close()))
+                    loop.add_signal_handler(sig, lambda: bot.spawn(bot.close(), name="close-on-signal"))
                     handled.append(sig)
             try:
                 if on_ready is not None:
@@ -68,7 +84,11 @@ def main() -> None:
     configure_logging(
         settings.log_level,
         settings.log_format,
-        secrets=(settings.discord_token.get_secret_value(), settings.gateway_api_key.get_secret_value()),
+        secrets=(
+            settings.discord_token.get_secret_value(),
+            settings.gateway_api_key.get_secret_value(),
+            *([settings.operator_alert_webhook_url.get_secret_value()] if settings.operator_alert_webhook_url else []),
+        ),
     )
     try:
         asyncio.run(run(settings))

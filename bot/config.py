@@ -59,11 +59,43 @@ class Settings(BaseSettings):
     max_jobs_per_member: int = Field(default=2, ge=1)
     max_jobs_per_guild: int = Field(default=8, ge=1)
     max_jobs_global: int = Field(default=16, ge=1)
-    shutdown_grace_seconds: float = Field(default=8.0, ge=0)
+    shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=8)  # SIGTERM must exit within 10 s
+    max_queued_per_member: int = Field(default=10, ge=1)  # a member's jobs queued or running
+    max_queued_per_guild: int = Field(default=200, ge=1)  # a server's jobs queued or running
+
+    # Moderation
+    blocklist_max_terms: int = Field(default=500, ge=1, le=5000)
 
     # Operations
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+
+    # The operator's seat (bot/ops, cogs/operator.py)
+    owner_ids: str = ""  # comma-separated user ids, operators besides the application's owner or team
+    operator_daily_cap: int | None = Field(default=None, ge=0)  # credits per UTC day across every server
+    operator_monthly_cap: int | None = Field(default=None, ge=0)  # credits per UTC month across every server
+    operator_guild_cap: int | None = Field(default=None, ge=0)  # each server's cap unless the operator set one
+    operator_guild_cap_period: Literal["day", "week", "month"] = "month"
+    guild_access: Literal["open", "allowlist"] = "open"
+    operator_alert_channel_id: int | None = None
+    operator_alert_webhook_url: SecretStr | None = None  # a webhook URL is a secret: it lets anyone post
+    operator_alert_failure_rate: float = Field(default=0.5, gt=0, le=1)  # a model's failure share that alerts
+    operator_alert_failure_window: int = Field(default=20, ge=2)  # its latest jobs that share is taken over
+    health_host: str = "127.0.0.1"
+    health_port: int | None = Field(default=None, ge=0, le=65535)  # empty: no health/metrics server
+
+    @field_validator("owner_ids")
+    @classmethod
+    def _user_ids(cls, value: str) -> str:
+        for part in value.replace(" ", "").split(","):
+            if part and not part.isdigit():
+                raise ValueError("must be comma-separated user ids, e.g. 123,456")
+        return value
+
+    @property
+    def operator_ids(self) -> frozenset[int]:
+        """OWNER_IDS as a set of user ids."""
+        return frozenset(int(part) for part in self.owner_ids.replace(" ", "").split(",") if part)
 
     @field_validator("gateway_base_url")
     @classmethod

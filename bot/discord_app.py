@@ -7,10 +7,12 @@ message each, and on close stops taking jobs before disconnecting. The imagine c
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, cast
 
 import aiohttp
 import discord
@@ -19,12 +21,22 @@ from discord.ext import commands
 
 from bot.config import Settings
 from bot.errors import BotError, MissingPermissionError, NotAMemberError, StartupError
-from bot.messages import error_text, text
+from bot.i18n import DEFAULT_LANGUAGE, catalogs, language_of
+from bot.messages import error_text, has_text, text
 from bot.services import Services
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.imagine", "cogs.models", "cogs.account", "cogs.admin")
+EXTENSIONS = (
+    "cogs.imagine",
+    "cogs.models",
+    "cogs.account",
+    "cogs.admin",
+    "cogs.operator",
+    "cogs.details",
+    "cogs.settings",
+    "cogs.styles",
+)
 
 # What the bot needs in a channel to post results (see docs: discord-facts.md).
 REQUIRED_PERMISSIONS = discord.Permissions(
@@ -39,17 +51,10 @@ REQUIRED_PERMISSIONS = discord.Permissions(
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
-# discord.py's attribute names where Discord's own UI says something else.
-PERMISSION_NAMES = {
-    "manage_guild": "Manage Server",
-    "manage_messages": "Manage Messages",
-    "administrator": "Administrator",
-}
-
-
-def permission_name(attribute: str) -> str:
-    """The name Discord's UI shows for a permission attribute such as `manage_guild`."""
-    return PERMISSION_NAMES.get(attribute, attribute.replace("_", " ").title())
+def permission_name(attribute: str, locale: str | None = None) -> str:
+    """The name Discord's UI shows (in `locale`) for a permission attribute such as `manage_guild`."""
+    key = f"permission.{attribute}"
+    return text(key, locale) if has_text(key) else attribute.replace("_", " ").title()
 
 
 def locale_of(interaction: discord.Interaction[Any]) -> str:
@@ -65,6 +70,55 @@ async def send_ephemeral(interaction: discord.Interaction[Any], content: str) ->
         await interaction.response.send_message(content, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
+class CatalogTranslator(app_commands.Translator):
+    """Slash-command names, descriptions and choices in every shipped language, from the catalog files.
+
+    Keys (see locales/ko.toml): `command.<path>` (description), `command_name.<path>`, `option.<path>.<name>`
+    (description), `choice.<value>`, where <path> is the command's qualified name with dots. English is
+    the text in the code, so only the other languages are looked up; a missing key keeps the English.
+    """
+
+    async def translate(
+        self, string: app_commands.locale_str, locale: discord.Locale, context: app_commands.TranslationContextTypes
+    ) -> str | None:
+        language = language_of(locale.value)
+        if language == DEFAULT_LANGUAGE:
+            return None
+        key = translation_key(context)
+        return catalogs()[language].get(key) if key else None
+
+
+def translation_key(context: app_commands.TranslationContextTypes) -> str | None:
+    """The catalog key for one localizable piece of a command (None for what is not localized)."""
+    location, data = context.location, cast(Any, context.data)
+    loc = app_commands.TranslationContextLocation
+    if location in (loc.command_description, loc.group_description):
+        return f"command.{_path(data)}"
+    if location is loc.command_name or location is loc.group_name:
+        return f"command_name.{_path(data)}"
+    if location is loc.parameter_description:
+        return f"option.{_path(data.command)}.{data.name}"
+    if location is loc.choice_name:
+        return f"choice.{data.value}"
+    return None  # option names stay English: they mirror the models' option names
+
+
+def _path(command: Any) -> str:
+    return str(command.qualified_name).replace(" ", ".")
+
+
+def language_choices() -> list[app_commands.Choice[str]]:
+    """/server language's choices: auto, then every shipped language (a new file adds one)."""
+    codes = ["auto", DEFAULT_LANGUAGE, *sorted(set(catalogs()) - {DEFAULT_LANGUAGE})]
+    return [
+        app_commands.Choice(
+            name=text(f"choice.{code}") if has_text(f"choice.{code}") else catalogs()[code]["language.name"],
+            value=code,
+        )
+        for code in codes
+    ]
+
+
 class ImagineTree(app_commands.CommandTree["ImagineBot"]):
     """Command tree whose `on_error` is the one place where errors become what a member sees."""
 
@@ -73,7 +127,7 @@ class ImagineTree(app_commands.CommandTree["ImagineBot"]):
         if isinstance(original, BotError):
             message = error_text(original, locale_of(interaction))
         elif isinstance(original, app_commands.MissingPermissions):
-            missing = ", ".join(permission_name(p) for p in original.missing_permissions)
+            missing = ", ".join(permission_name(p, locale_of(interaction)) for p in original.missing_permissions)
             message = error_text(MissingPermissionError(permission=missing), locale_of(interaction))
         elif isinstance(original, app_commands.TransformerError) and original.type is discord.AppCommandOptionType.user:
             message = error_text(NotAMemberError(), locale_of(interaction))
@@ -113,8 +167,24 @@ class ImagineBot(commands.Bot):
         self.settings = settings
         self.services = services
         self._closing = False
+        self._background: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, work: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Run `work` in the background: a reference is kept (the loop holds tasks only weakly) and a
+        failure is logged, never lost. The one way the bot starts a task it does not await."""
+        task = asyncio.create_task(work, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+        return task
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+        self.health: Any = None  # the health server (bot.ops.health), when HEALTH_PORT is set
 
     async def setup_hook(self) -> None:
+        await self.tree.set_translator(CatalogTranslator())
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self.sync_commands_if_changed()
@@ -137,7 +207,7 @@ class ImagineBot(commands.Bot):
         guild = discord.Object(self.settings.dev_guild_id) if self.settings.dev_guild_id else None
         if guild is not None:
             self.tree.copy_global_to(guild=guild)
-        payload = [command.to_dict(self.tree) for command in self.tree.get_commands(guild=guild)]
+        payload = await self.command_payload(guild)
         fingerprint = command_hash(payload)
         key = f"commands_hash:{guild.id if guild else 'global'}"
         mode = self.settings.sync_commands
@@ -148,6 +218,14 @@ class ImagineBot(commands.Bot):
         await self.services.store.set_meta(key, fingerprint)
         log.info("synced %d slash commands %s", len(synced), f"to guild {guild.id}" if guild else "globally")
         return True
+
+    async def command_payload(self, guild: discord.abc.Snowflake | None = None) -> list[dict[str, Any]]:
+        """The commands as `tree.sync` sends them, localizations included (so a new translation syncs)."""
+        commands_ = self.tree.get_commands(guild=guild)
+        translator = self.tree.translator
+        if translator is None:
+            return [command.to_dict(self.tree) for command in commands_]
+        return [await command.get_translated_payload(self.tree, translator) for command in commands_]
 
     async def start(self, token: str, *, reconnect: bool = True) -> None:
         """Log in and run; a failure to start becomes a `StartupError` with one line for the operator."""

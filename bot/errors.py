@@ -72,12 +72,48 @@ class BudgetExhaustedError(RequestError):
     message_key = "error.budget_exhausted"  # params: needed, remaining
 
 
+class ServerCapReachedError(RequestError):
+    message_key = "error.server_cap"  # the operator's cap on this server; params: needed, remaining
+
+
+class BotDailyCapError(RequestError):
+    message_key = "error.bot_daily_cap"  # the operator's cap on the whole bot per UTC day
+
+
+class BotMonthlyCapError(RequestError):
+    message_key = "error.bot_monthly_cap"  # the operator's cap on the whole bot per UTC month
+
+
+class GuildNotApprovedError(RequestError):
+    message_key = "error.guild_not_approved"  # GUILD_ACCESS=allowlist and the operator did not approve this server
+
+
+class GenerationPausedError(RequestError):
+    message_key = "error.generation_paused"  # the operator's kill switch
+
+
+class NotOperatorError(RequestError):
+    message_key = "error.not_operator"
+
+
+class AboveOperatorCapError(RequestError):
+    message_key = "error.above_operator_cap"  # params: value, cap (an admin's budget or allowance)
+
+
 class BlockedPromptError(RequestError):
     message_key = "error.blocked_prompt"
 
 
+class BlocklistFullError(RequestError):
+    message_key = "error.blocklist_full"  # params: limit
+
+
 class TooManyJobsError(RequestError):
-    message_key = "error.too_many_jobs"  # params: limit
+    message_key = "error.too_many_jobs"  # params: limit (MAX_QUEUED_PER_MEMBER)
+
+
+class ServerQueueFullError(RequestError):
+    message_key = "error.server_queue_full"  # params: limit (MAX_QUEUED_PER_GUILD)
 
 
 class InvalidValueError(RequestError):
@@ -100,12 +136,28 @@ class ShuttingDownError(RequestError):
     message_key = "error.shutting_down"
 
 
+class NotReadyError(RequestError):
+    message_key = "error.not_ready"  # the job service is not dispatching yet (start-up or its retries)
+
+
 class JobNotFoundError(RequestError):
     message_key = "error.job_not_found"
 
 
 class NotJobOwnerError(RequestError):
     message_key = "error.not_job_owner"
+
+
+class ChannelNotAllowedError(RequestError):
+    message_key = "error.channel_not_allowed"  # params: channels (mentions of the allowed ones)
+
+
+class UnknownStyleError(RequestError):
+    message_key = "error.unknown_style"  # params: style
+
+
+class AutoModBlockedError(RequestError):
+    message_key = "error.automod_blocked"  # params: rule (the AutoMod rule's name)
 
 
 # --- Gateway failures: the job fails and its hold is released -------------------------------------------
@@ -175,6 +227,10 @@ class DownloadError(GatewayError):
 
 class GatewayUnavailableError(GatewayError):
     message_key = "error.gateway_unavailable"  # could not connect at all
+
+
+class OperationLostError(GatewayError):
+    message_key = "error.operation_lost"  # 404 on a poll: the gateway no longer knows the operation
 
 
 # --- Job life ---------------------------------------------------------------------------------------------

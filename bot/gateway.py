@@ -39,11 +39,13 @@ from bot.errors import (
     GenerationFailedError,
     MalformedResponseError,
     ModelNotEnabledError,
+    OperationLostError,
     RateLimitedError,
     RequestRejectedError,
     UpstreamError,
 )
 from bot.images import ImageData, decode_image_async, inspect_image_async, sniff_format
+from bot.net import refusal_of
 from bot.polling import PollSchedule
 
 if TYPE_CHECKING:
@@ -198,8 +200,12 @@ class GatewayClient:
         poll_deadline: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        download_session: aiohttp.ClientSession | None = None,
     ) -> None:
         self._session = session
+        # Result URLs come from the gateway's answers, so they are fetched through a session that refuses
+        # private addresses (`bot.net.guarded_session`); the gateway itself may well sit on a private one.
+        self._downloads = download_session or session
         self._base = base_url.rstrip("/")
         self._api_key = api_key
         self.request_timeout = request_timeout
@@ -209,9 +215,16 @@ class GatewayClient:
         self._clock = clock
         self._rng = rng or random.Random()
         self._warned_statuses: set[tuple[str, str]] = set()
+        self.on_status: Callable[[str], None] | None = None  # each exchange's HTTP status, or "error" (metrics)
 
     @classmethod
-    def from_settings(cls, session: aiohttp.ClientSession, settings: Settings) -> GatewayClient:
+    def from_settings(
+        cls,
+        session: aiohttp.ClientSession,
+        settings: Settings,
+        *,
+        download_session: aiohttp.ClientSession | None = None,
+    ) -> GatewayClient:
         """A client configured by the gateway_* / poll_* / download_* settings."""
         return cls(
             session,
@@ -221,6 +234,7 @@ class GatewayClient:
             download_max_bytes=settings.download_max_bytes,
             allow_loopback_http=settings.allow_loopback_http,
             poll_deadline=settings.poll_deadline_seconds,
+            download_session=download_session,
         )
 
     def __repr__(self) -> str:
@@ -277,9 +291,13 @@ class GatewayClient:
                 timeout=self._timeout(),
                 allow_redirects=False,
             ) as resp:
+                if self.on_status is not None:
+                    self.on_status(str(resp.status))
                 body = await self._read_capped(resp, limit, what)
                 return resp.status, resp.headers, body
         except aiohttp.ClientConnectorError:
+            if self.on_status is not None:
+                self.on_status("error")
             raise
         except TimeoutError as exc:  # aiohttp's timeouts subclass the builtin TimeoutError
             raise GatewayTimeoutError(f"{what}: no answer within {self.request_timeout:g}s", status=None) from exc
@@ -410,6 +428,9 @@ class GatewayClient:
             status, headers, raw = await self._call("GET", url, what, params={"model": model})
         except aiohttp.ClientConnectorError as exc:
             raise GatewayUnavailableError(f"{what}: cannot connect", status=None) from exc
+        if status == 404:
+            # The operation is gone (expired or never stored there): not an unknown model.
+            raise OperationLostError(f"{what}: HTTP 404 (operation not found)", status=status)
         if not 200 <= status < 300:
             self._raise_for_status(status, headers, raw, what, model)
         answer = self._parse_json(raw, status, what)
@@ -459,9 +480,17 @@ class GatewayClient:
         timeouts, 429, 5xx) are retried; 401/402/403/404 and a failed operation raise at once; after
         `poll_deadline` seconds since submit, `GatewayTimeoutError`. `on_poll(elapsed)` runs after each
         answered poll.
+
+        An operation resumed after its deadline (the bot was down longer than that) is polled at once,
+        never failed unseen: it may have finished meanwhile, and been paid for. If it is still running,
+        the deadline counts from the resumption.
         """
-        started = self._clock() - max(0.0, elapsed)
+        now = self._clock()
+        started = now - max(0.0, elapsed)
         deadline = started + self.poll_deadline
+        resumed_overdue = deadline <= now
+        if resumed_overdue:
+            deadline = now + self.poll_deadline
         failures = 0
         last_error: GatewayError | None = None
         last_pending = max(0.0, elapsed)  # the operation was not finished before this (since submit)
@@ -474,7 +503,10 @@ class GatewayClient:
                     f"operation {operation_id} ({model}) not done after {self.poll_deadline:g}s{reason}",
                     status=None,
                 ) from last_error
-            delay = max(schedule.next_delay(now - started), backoff)
+            if resumed_overdue:
+                delay, resumed_overdue = 0.0, False  # look right away: it has had all the time it was given
+            else:
+                delay = max(schedule.next_delay(now - started), backoff)
             # Never sleep past the deadline: one last look right at it.
             await asyncio.sleep(max(0.0, min(delay, deadline - now)))
             try:
@@ -512,7 +544,8 @@ class GatewayClient:
         """Fetch one result image: https only, size-capped, streamed, checked to be an image off the loop.
 
         No Authorization header goes to result hosts (CDNs are third parties). Redirects are followed by
-        hand so that each hop passes the same URL check.
+        hand so that each hop passes the same URL check; every connection's address is checked by the
+        download session (global unicast only).
         """
         target = self._check_url(url)
         for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
@@ -532,7 +565,7 @@ class GatewayClient:
         limit = self.download_max_bytes
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                async with self._session.get(
+                async with self._downloads.get(
                     target, timeout=self._timeout(), allow_redirects=False, headers={"Accept": "image/*"}
                 ) as resp:
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
@@ -553,6 +586,11 @@ class GatewayClient:
             except TimeoutError as exc:
                 raise DownloadError("result download timed out", status=None) from exc
             except aiohttp.ClientError as exc:
+                refused = refusal_of(exc)
+                if refused is not None:
+                    # Only the host: a result URL's query may carry a CDN signature.
+                    log.warning("refused to download a result from %s: %s", target.host, refused)
+                    raise _final(DownloadError(f"result host refused: {refused}", status=None)) from exc
                 raise DownloadError(f"result download failed: {type(exc).__name__}", status=None) from exc
         raise _final(DownloadError("too many redirects", status=None))
 

@@ -13,31 +13,42 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from bot.errors import (
     BotError,
     DeliveryError,
+    GenerationPausedError,
     InterruptedJobError,
     JobCancelledError,
     JobNotFoundError,
     NotJobOwnerError,
+    RequestError,
     ShuttingDownError,
 )
 from bot.gateway import GatewayClient
 from bot.images import ImageData
 from bot.ledger import Ledger
+from bot.ops.hooks import JobHooks
+from bot.ops.logctx import job_context, set_job_context
 from bot.polling import PollPlanner
 from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
 from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
+from bot.waiting import estimate_starts
 
 log = logging.getLogger(__name__)
 
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
+STOP_STEP_TIMEOUT = 0.5  # seconds each shutdown step may take once the grace time is over
+ESTIMATE_STEP = 5.0  # estimated starts are shown rounded to this many seconds (no edit for a smaller drift)
+
+
+class RecoveryIncompleteError(RuntimeError):
+    """Some unfinished jobs could not be recovered (each failure is logged); `start()` may be retried."""
 
 
 @dataclass(frozen=True)
@@ -47,6 +58,9 @@ class Delivery:
     images: list[ImageData]
     charged: int
     available_after: int | None  # None: the member's allowance is unlimited
+    # Called with the running total after each message is posted: the job row records it, so that a
+    # crash before settling is settled for every image already posted.
+    record_posted: Callable[[int], Awaitable[object]] | None = None
 
 
 class JobPresenter(Protocol):
@@ -57,7 +71,9 @@ class JobPresenter(Protocol):
         """Show the job's current stage (best effort: failures are logged, not raised)."""
 
     async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
-        """Post the images; return how many were posted. Raise `DeliveryError` when none could be."""
+        """Post the images; return how many were posted. Raise `DeliveryError` when none could be.
+
+        After each message is sent, await `delivery.record_posted(total so far)`."""
 
     async def show_failure(self, job: JobRecord, error: BotError) -> None:
         """Tell the member the job failed and that its credits were released."""
@@ -82,7 +98,10 @@ class JobService:
         limits: ConcurrencyLimits,
         progress_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
+        hooks: JobHooks | None = None,
     ) -> None:
+        self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
+        self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
         self._store = store
         self._ledger = ledger
         self._gateway = gateway
@@ -93,7 +112,7 @@ class JobService:
         self._presenter: JobPresenter | None = None
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._reporters: dict[str, ProgressReporter] = {}
-        self._positions: dict[str, int] = {}
+        self._positions: dict[str, tuple[int, float | None]] = {}  # what the queued reply shows
         self._last_started: dict[tuple[int, int], float] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
@@ -105,9 +124,19 @@ class JobService:
     # --- lifetime ----------------------------------------------------------------------------------------
 
     async def start(self, presenter: JobPresenter) -> None:
-        """Recover unfinished jobs from the store, then start dispatching."""
+        """Recover unfinished jobs from the store, then start dispatching.
+
+        Holds nobody acknowledged are released first, whatever happens next. Each job is recovered on
+        its own: one that fails is logged and the others go on; then `RecoveryIncompleteError` is raised
+        and nothing is dispatched yet, and a later call retries only what is left.
+        """
+        if self._stopping or self._started.is_set():
+            return
         self._presenter = presenter
-        await self._recover()
+        await self._release_unacknowledged()
+        failed = await self._recover()
+        if failed:
+            raise RecoveryIncompleteError(f"{failed} unfinished job(s) could not be recovered yet")
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
         self._wake.set()
         self._started.set()
@@ -120,27 +149,46 @@ class JobService:
         """Stop taking jobs; give running jobs `grace` seconds, then leave them persisted for the next start.
 
         Jobs cut off here are not settled: their rows say where they stopped, and recovery finishes them.
+        Every wait here is bounded (`grace`, then STOP_STEP_TIMEOUT per step): a job stuck behind Discord
+        or the gateway cannot keep the process alive.
         """
         self._stopping = True
         if self._dispatcher is not None:
             self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+            await asyncio.wait([self._dispatcher], timeout=STOP_STEP_TIMEOUT)
         running = list(self._tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                _, stuck = await asyncio.wait(pending, timeout=STOP_STEP_TIMEOUT)
                 log.info("left %d running job(s) persisted for the next start", len(pending))
-        for reporter in list(self._reporters.values()):
-            await reporter.close()
+                if stuck:
+                    log.warning("%d job task(s) did not stop in time; their rows stay for recovery", len(stuck))
+        closing = [asyncio.create_task(reporter.close()) for reporter in self._reporters.values()]
+        if closing:
+            await asyncio.wait(closing, timeout=STOP_STEP_TIMEOUT)
         self._reporters.clear()
 
     @property
     def accepting(self) -> bool:
         return not self._stopping
+
+    def wake(self) -> None:
+        """Look at the queue again now (e.g. after the kill switch is turned off)."""
+        self._wake.set()
+
+    @property
+    def dispatching(self) -> bool:
+        """Whether jobs are being dispatched: recovery done, not shutting down. Before that, the front
+        end must not hold credits for new jobs (and the readiness probe says not ready)."""
+        return self._started.is_set() and not self._stopping
+
+    @property
+    def running_here(self) -> int:
+        """Jobs this process is working on right now."""
+        return len(self._tasks)
 
     async def join(self, job_id: str) -> None:
         """Wait until this process has finished working on `job_id` (settled, or left for recovery)."""
@@ -159,16 +207,24 @@ class JobService:
         """
         if self._stopping:
             raise ShuttingDownError()
-        record = await self._ledger.hold_for_job(job, role_ids)
-        log.info(
-            "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
-            record.id,
-            record.guild_id,
-            record.user_id,
-            record.model,
-            record.count,
-            record.hold_amount,
-        )
+        if await self.hooks.paused():
+            raise GenerationPausedError()
+        with job_context(job.id, job.guild_id, job.model):
+            try:
+                record = await self._ledger.hold_for_job(job, role_ids)
+            except RequestError as error:
+                await self.hooks.refused(job, error)
+                raise
+            self.hooks.held(record)
+            log.info(
+                "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
+                record.id,
+                record.guild_id,
+                record.user_id,
+                record.model,
+                record.count,
+                record.hold_amount,
+            )
         self._wake.set()
         return record
 
@@ -181,7 +237,13 @@ class JobService:
         return record
 
     async def cancel(self, job_id: str, user_id: int, *, is_admin: bool = False) -> JobRecord:
-        """Cancel a queued or running job and release its hold. Only its owner or an admin may."""
+        """Cancel a queued or running job and release its hold. Only its owner or an admin may.
+
+        A queued job is settled only while it is still queued (compare-and-set): the dispatcher may claim
+        it meanwhile. A job running here is interrupted; one claimed but not running here (another
+        process, or a claim whose task is about to start) gets `cancel_requested`, which its owner reads
+        on its next step (before submitting, after each poll, before posting).
+        """
         job = await self._store.get_job(job_id)
         if job is None:
             raise JobNotFoundError()
@@ -190,21 +252,40 @@ class JobService:
         if job.is_terminal or job.status == JobStatus.DELIVERING:
             return job  # finished, or its images are being posted: too late to cancel
         task = self._tasks.get(job_id)
+        if task is None and job.status == JobStatus.QUEUED:
+            cancelled = JobCancelledError()
+            if await self._settle_failure(job, cancelled, status=JobStatus.CANCELLED, expect=JobStatus.QUEUED):
+                self._wake.set()
+                return await self._final(job_id)
+            task = self._tasks.get(job_id)  # claimed meanwhile
         if task is not None and job_id in self._delivering:
-            return job  # it started posting since we read it
+            return await self._final(job_id)  # it started posting since we read it
         if task is not None:
             self._cancelled_by_member.add(job_id)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.shield(task)
+            self._cancelled_by_member.discard(job_id)
+            final = await self._final(job_id)
+            if not final.is_terminal and not self._stopping:
+                # Cancelled before its first step, so its own handler never ran: settle it here.
+                await self._settle_failure(final, JobCancelledError(), status=JobStatus.CANCELLED)
         else:
-            # Queued (or running in another process, which sees the flag on its next step).
             await self._store.update_job(job_id, cancel_requested=True)
-            await self._settle_failure(job, JobCancelledError(), status=JobStatus.CANCELLED)
+        self._wake.set()
+        return await self._final(job_id)
+
+    async def _final(self, job_id: str) -> JobRecord:
         final = await self._store.get_job(job_id)
         assert final is not None
-        self._wake.set()
         return final
+
+    async def _check_not_cancelled(self, job_id: str, *expect: JobStatus) -> JobRecord:
+        """The job's row, re-read before its next step; `JobCancelledError` if a cancel got there first."""
+        current = await self._store.get_job(job_id)
+        if current is None or current.cancel_requested or (expect and current.status not in expect):
+            raise JobCancelledError()
+        return current
 
     # --- dispatch ----------------------------------------------------------------------------------------
 
@@ -221,33 +302,58 @@ class JobService:
                 await asyncio.sleep(1.0)
                 self._wake.set()
 
-    async def _dispatch(self) -> None:
-        active = await self._store.active_jobs()
+    async def _release_unacknowledged(self, active: Sequence[JobRecord] | None = None) -> None:
+        """Release holds whose job never got its reply message. Store and ledger only: it works while
+        Discord is unreachable, so a failed start never keeps such credits."""
         # A queued job without its reply yet is still being acknowledged by the front end: not startable.
         # One that stays so (the acknowledgement failed and its caller was cancelled, or the process died
         # before answering the member) is released: nobody is waiting for it.
         now = self._clock()
-        for job in active:
+        for job in active if active is not None else await self._store.active_jobs():
             unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
             if unacknowledged and now - job.created_at > UNACKNOWLEDGED_AFTER:
                 log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
-                await self._ledger.settle(job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key)
+                released = await self._ledger.settle(
+                    job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key
+                )
+                if released is not None:
+                    await self.hooks.finished(released, InterruptedJobError())
+
+    async def _dispatch(self) -> None:
+        active = await self._store.active_jobs()
+        await self._release_unacknowledged(active)
         queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
         running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
-        for job in pick_jobs_to_start(queued, running, self._limits, self._last_started):
+        # The kill switch: queued jobs wait (their members may cancel); running ones go on to the end.
+        startable = [] if queued and await self.hooks.paused() else queued
+        started: list[JobRecord] = []
+        for job in pick_jobs_to_start(startable, running, self._limits, self._last_started):
             claimed = await self._store.update_job(
                 job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
             )
             if claimed is None:
                 continue  # cancelled, or claimed by another process
             queued.remove(job)
+            started.append(claimed)
             self._last_started[(job.guild_id, job.user_id)] = self._clock()
             self._spawn(claimed, self._run(claimed))
         positions = queue_positions(queued, self._last_started)
+        in_line = sorted(queued, key=lambda j: positions[j.id])
+        starts = await self._estimated_starts(in_line, running + started)
         for job in queued:
-            if self._positions.get(job.id) != positions[job.id]:
-                self._positions[job.id] = positions[job.id]
-                self._reporter(job).update("queued", position=positions[job.id])
+            estimate = starts.get(job.id)
+            shown = (positions[job.id], None if estimate is None else round(estimate / ESTIMATE_STEP) * ESTIMATE_STEP)
+            if self._positions.get(job.id) != shown:
+                self._positions[job.id] = shown
+                self._reporter(job).update("queued", position=shown[0], starts_at=shown[1])
+
+    async def _estimated_starts(self, queued: list[JobRecord], running: list[JobRecord]) -> dict[str, float]:
+        """When each queued job should start, from the learned durations of what runs and waits."""
+        if not queued:
+            return {}
+        learned = {model: await self._planner.expected_seconds(model) for model in {j.model for j in queued + running}}
+        default = self._planner.default_expected
+        return estimate_starts(queued, running, lambda m: learned.get(m) or default, self._limits, self._clock())
 
     def _spawn(self, job: JobRecord, work: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(work, name=f"job-{job.id}")  # type: ignore[arg-type]
@@ -281,6 +387,7 @@ class JobService:
 
     async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
         """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
+        set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
             images = await self._obtain_images(job, reporter, resume=resume)
@@ -293,6 +400,10 @@ class JobService:
                 await self._settle_failure(job, JobCancelledError(), status=JobStatus.CANCELLED)
                 return
             raise  # shutdown: the job stays as stored and is resumed on the next start
+        except JobCancelledError as error:
+            await reporter.close()
+            log.info("job cancelled id=%s (seen on its next step)", job.id)
+            await self._settle_failure(job, error, status=JobStatus.CANCELLED)
         except BotError as error:
             await reporter.close()
             log.info("job failed id=%s model=%s error=%s", job.id, job.model, type(error).__name__)
@@ -304,13 +415,23 @@ class JobService:
         finally:
             self._reporters.pop(job.id, None)
             self._delivering.discard(job.id)
+            self._polls.pop(job.id, None)
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
-            # A sync model generates while the POST is open (15-30 s for some): show the clock running.
-            reporter.update("generating" if job.mode == "sync" else "submitting")
+            # A cancel may have landed between the claim and now: never reach the gateway for it.
+            await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
+            # A sync model generates while the POST is open (15-30 s for some): show the clock running,
+            # and when it should be done, from its learned durations.
+            began = self._clock()
+            if job.mode == "sync":
+                expected = await self._planner.expected_seconds(job.model)
+                reporter.update("generating", ends_at=None if expected is None else began + expected)
+            else:
+                reporter.update("submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
+                await self._planner.record(job.model, self._clock() - began)  # what the next estimate learns from
                 return submission.images
             assert submission.operation_id is not None
             now = self._clock()
@@ -326,13 +447,22 @@ class JobService:
             job = updated
         assert job.operation_id is not None
         submitted_at = job.submitted_at or self._clock()
-        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at))
         schedule = await self._planner.schedule_for(job.model)
+        ends_at = submitted_at + schedule.expected if schedule.spread is not None else None  # None: no history
+        reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at), ends_at=ends_at)
+        job_id = job.id
+
+        async def after_poll(_: float) -> None:
+            self._polls[job_id] = (self._polls.get(job_id, (0, None))[0] + 1, None)
+            await self._check_not_cancelled(job_id)  # a cancel from another process
+
         result = await self._gateway.wait_for_result(
-            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at)
+            job.operation_id, job.model, schedule, elapsed=max(0.0, self._clock() - submitted_at), on_poll=after_poll
         )
         # The gateway's estimate excludes our own detection lag, which would teach the schedule to poll late.
         duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
+        lag = max(0.0, self._clock() - submitted_at - duration) if result.finished_after is not None else None
+        self._polls[job.id] = (self._polls.get(job.id, (0, None))[0], lag)
         await self._planner.record(job.model, max(0.0, duration))
         await self._store.update_job(job.id, completed_at=self._clock())
         if result.images:
@@ -343,6 +473,7 @@ class JobService:
     async def _deliver(self, job: JobRecord, images: list[ImageData]) -> None:
         presenter = self._require_presenter()
         images = images[: job.count]  # never charge for more than was asked
+        await self._check_not_cancelled(job.id)
         self._delivering.add(job.id)
         delivering = await self._store.update_job(
             job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
@@ -354,8 +485,17 @@ class JobService:
         balance = await self._ledger.balance(job.guild_id, job.user_id, roles)
         # Settling turns this job's hold into `charged` spent and gives the rest back.
         available_after = None if balance.available is None else balance.available + job.hold_amount - charged
+
+        async def record_posted(posted: int) -> None:
+            try:
+                await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], posted_count=posted)
+            except Exception:  # the images are out: a failed note must not turn the delivery into a refund
+                log.warning("job id=%s: could not record %d posted image(s)", job.id, posted, exc_info=True)
+
         try:
-            delivered = await presenter.deliver(delivering, Delivery(images, charged, available_after))
+            delivered = await presenter.deliver(
+                delivering, Delivery(images, charged, available_after, record_posted=record_posted)
+            )
         except DeliveryError as error:
             log.warning("job id=%s could not be delivered (%s); releasing its hold", job.id, error.detail)
             await self._settle_failure(job, error)
@@ -363,56 +503,84 @@ class JobService:
         settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=delivered)
         if settled is not None:
             log.info("job delivered id=%s model=%s images=%s charged=%s", job.id, job.model, delivered, settled.charged)
+            polls, lag = self._polls.get(job.id, (0, None))
+            await self.hooks.finished(settled, None, polls=polls, detection_lag=lag)
 
-    async def _settle_failure(self, job: JobRecord, error: BotError, *, status: JobStatus = JobStatus.FAILED) -> None:
+    async def _settle_failure(
+        self,
+        job: JobRecord,
+        error: BotError,
+        *,
+        status: JobStatus = JobStatus.FAILED,
+        expect: JobStatus | None = None,
+    ) -> bool:
+        """Release the job's hold and tell the member; False when it was settled elsewhere (or, with
+        `expect`, was no longer in that status), in which case nothing happened."""
+        settled = await self._ledger.settle(
+            job.id, status, error_key=error.message_key, error_detail=(error.detail or None), expect=expect
+        )
+        if settled is None:
+            return False  # already settled elsewhere (the member has been told), or claimed meanwhile
+        # Only now: a job claimed meanwhile keeps its reporter.
         reporter = self._reporters.pop(job.id, None)
         if reporter is not None:
             await reporter.close()  # no late "Queued" edit may land on top of the failure
-        settled = await self._ledger.settle(
-            job.id, status, error_key=error.message_key, error_detail=(error.detail or None)
-        )
-        if settled is None:
-            return  # already settled elsewhere: the member has been told
+        await self.hooks.finished(settled, error, polls=self._polls.get(job.id, (0, None))[0])
         try:
-            await self._require_presenter().show_failure(settled, error)
+            # The stored token is cleared at settlement; the failure edit may still use it once.
+            shown = replace(settled, interaction_token=job.interaction_token)
+            await self._require_presenter().show_failure(shown, error)
         except Exception:
             log.warning("could not tell the member that job %s failed", job.id, exc_info=True)
+        return True
 
     # --- recovery ----------------------------------------------------------------------------------------
 
-    async def _recover(self) -> None:
-        """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones."""
-        presenter = self._require_presenter()
+    async def _recover(self) -> int:
+        """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones.
+
+        Returns how many jobs could not be recovered (each is logged and left as stored)."""
+        failed = 0
         for job in await self._store.active_jobs():
-            if job.status == JobStatus.QUEUED:
-                continue  # the dispatcher starts it, or releases it if it was never acknowledged
-            if job.id in self._tasks:
-                continue
-            if job.status == JobStatus.DELIVERING:
-                seen = await presenter.delivered_count(job)
-                if seen:
-                    await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
-                    log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
-                    continue
-                if job.mode == "async" and job.operation_id:
-                    # Not posted yet: fetch the finished operation again and deliver it once.
-                    job = (
-                        await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], status=JobStatus.POLLING)
-                        or job
-                    )
-            if job.status in (JobStatus.POLLING, JobStatus.DELIVERING) and job.operation_id:
-                log.info("resuming job id=%s operation=%s", job.id, job.operation_id)
-                self._spawn(job, self._run(job, resume=True))
-                continue
-            # A sync request (or a POST whose answer never got stored) was cut off: the gateway may
-            # have charged the operator, but the member got nothing, so they get their credits back.
-            log.warning(
-                "job id=%s model=%s was interrupted before the gateway answered; refunding "
-                "(the gateway may have charged the operator)",
-                job.id,
-                job.model,
-            )
-            await self._settle_failure(job, InterruptedJobError())
+            if job.status == JobStatus.QUEUED or job.id in self._tasks:
+                continue  # the dispatcher starts (or releases) queued jobs
+            try:
+                await self._recover_one(job)
+            except Exception:
+                failed += 1
+                log.exception("could not recover job id=%s (status %s); will retry", job.id, job.status)
+        return failed
+
+    async def _recover_one(self, job: JobRecord) -> None:
+        presenter = self._require_presenter()
+        if job.status == JobStatus.DELIVERING:
+            # What the row says was posted (follow-ups included), or what the reply shows when the
+            # crash came between posting a message and recording it.
+            seen = max(job.posted_count, await presenter.delivered_count(job) or 0)
+            if seen:
+                settled = await self._ledger.settle(job.id, JobStatus.DELIVERED, delivered_count=seen)
+                log.info("recovered job id=%s: already delivered %s image(s)", job.id, seen)
+                if settled is not None:
+                    await self.hooks.finished(settled, None)
+                return
+            if job.mode == "async" and job.operation_id:
+                # Not posted yet: fetch the finished operation again and deliver it once.
+                job = (
+                    await self._store.update_job(job.id, expect=[JobStatus.DELIVERING], status=JobStatus.POLLING) or job
+                )
+        if job.status in (JobStatus.POLLING, JobStatus.DELIVERING) and job.operation_id:
+            log.info("resuming job id=%s operation=%s", job.id, job.operation_id)
+            self._spawn(job, self._run(job, resume=True))
+            return
+        # A sync request (or a POST whose answer never got stored) was cut off: the gateway may
+        # have charged the operator, but the member got nothing, so they get their credits back.
+        log.warning(
+            "job id=%s model=%s was interrupted before the gateway answered; refunding "
+            "(the gateway may have charged the operator)",
+            job.id,
+            job.model,
+        )
+        await self._settle_failure(job, InterruptedJobError())
 
 
-__all__ = ["Delivery", "JobPresenter", "JobService", "Progress", "Stage"]
+__all__ = ["Delivery", "JobPresenter", "JobService", "Progress", "RecoveryIncompleteError", "Stage"]

@@ -37,6 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from bot.config import Settings
@@ -54,13 +55,16 @@ from bot.store.records import (
     Period,
 )
 
+if TYPE_CHECKING:
+    from bot.ops.caps import CapsPolicy
+
 log = logging.getLogger(__name__)
 
 MAX_ADJUSTMENT = 1_000_000
 UTC = ZoneInfo("UTC")
 
-# Rough length of a period in days, only to rank allowances of different periods.
-_PERIOD_DAYS = {"day": 1.0, "week": 7.0, "month": 30.4375}
+# Rough length of a period in days, only to rank allowances (and the operator's caps) of different periods.
+PERIOD_DAYS = {"day": 1.0, "week": 7.0, "month": 30.4375}
 
 
 @dataclass(frozen=True)
@@ -127,7 +131,7 @@ def _rank(allowance: Allowance) -> tuple[int, float]:
     if allowance.unlimited:
         return (1, 0.0)
     assert allowance.amount is not None
-    return (0, allowance.amount / _PERIOD_DAYS[allowance.period])
+    return (0, allowance.amount / PERIOD_DAYS[allowance.period])
 
 
 def _check_amount(amount: object) -> int:
@@ -143,15 +147,32 @@ def _check_amount(amount: object) -> int:
 class Ledger:
     """Credit decisions for members and servers, enforced by the store."""
 
-    def __init__(self, store: Store, *, default_allowance: Allowance, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        default_allowance: Allowance,
+        max_queued_per_member: int | None = None,
+        max_queued_per_guild: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.caps: CapsPolicy | None = None  # the operator's caps (bot.ops), added to every hold when set
         self._store = store
         self._default_allowance = default_allowance
+        self._max_queued_per_member = max_queued_per_member
+        self._max_queued_per_guild = max_queued_per_guild
         self._clock = clock
 
     @classmethod
     def from_settings(cls, store: Store, settings: Settings, *, clock: Callable[[], float] = time.time) -> Ledger:
         default = Allowance(amount=settings.default_allowance, period=settings.default_allowance_period)
-        return cls(store, default_allowance=default, clock=clock)
+        return cls(
+            store,
+            default_allowance=default,
+            max_queued_per_member=settings.max_queued_per_member,
+            max_queued_per_guild=settings.max_queued_per_guild,
+            clock=clock,
+        )
 
     @property
     def default_allowance(self) -> Allowance:
@@ -183,19 +204,25 @@ class Ledger:
         return server_default if server_default is not None else self._default_allowance
 
     async def hold_for_job(self, job: NewJob, role_ids: Sequence[int]) -> JobRecord:
-        """Store `job` and hold its price, or raise InsufficientCreditsError / BudgetExhaustedError."""
+        """Store `job` and hold its price, or raise InsufficientCreditsError / BudgetExhaustedError /
+        TooManyJobsError / ServerQueueFullError (then nothing is written)."""
         allowance, policy = await self._allowance_and_policy(job.guild_id, job.user_id, role_ids)
         now = self._clock()
         period_start, _ = period_bounds(allowance.period, now, policy.timezone)
-        limits = HoldLimits(allowance=None if allowance.unlimited else allowance.amount, period_start=period_start)
+        budget, budget_start = None, 0.0
         if policy.budget is not None and not policy.budget.unlimited:
+            budget = policy.budget.amount
             budget_start, _ = period_bounds(policy.budget.period, now, policy.timezone)
-            limits = HoldLimits(
-                allowance=limits.allowance,
-                period_start=period_start,
-                budget=policy.budget.amount,
-                budget_period_start=budget_start,
-            )
+        limits = HoldLimits(
+            allowance=None if allowance.unlimited else allowance.amount,
+            period_start=period_start,
+            budget=budget,
+            budget_period_start=budget_start,
+            max_member_jobs=self._max_queued_per_member,
+            max_guild_jobs=self._max_queued_per_guild,
+        )
+        if self.caps is not None:
+            limits = await self.caps.apply(job.guild_id, limits, now)
         return await self._store.create_job_with_hold(job, limits, now=now)
 
     async def settle(
@@ -206,14 +233,17 @@ class Ledger:
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
     ) -> JobRecord | None:
-        """Finish a job and settle its hold; None when it was already finished (nothing moves twice)."""
+        """Finish a job and settle its hold; None when it was already finished (nothing moves twice), or
+        when `expect` is given and the job is no longer in that status."""
         return await self._store.finish_job(
             job_id,
             status,
             delivered_count=delivered_count,
             error_key=error_key,
             error_detail=error_detail,
+            expect=expect,
             now=self._clock(),
         )
 

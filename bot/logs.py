@@ -1,4 +1,4 @@
-"""Logging to stdout, as text or one JSON object per line, with secrets scrubbed as a last line of defence."""
+"""Logging to stdout, as text or one JSON object per line, with secrets scrubbed from every line."""
 
 from __future__ import annotations
 
@@ -7,6 +7,10 @@ import logging
 import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import IO
+
+from bot.ops.logctx import JobContextFilter
+from bot.redaction import RedactingFormatter, Redactor
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
@@ -27,35 +31,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str, ensure_ascii=False)
 
 
-class RedactSecrets(logging.Filter):
-    """Replace any secret that slipped into a log line with `[redacted]`."""
+def configure_logging(level: str, fmt: str, secrets: Iterable[str] = (), *, stream: IO[str] | None = None) -> None:
+    """Send every log line to `stream` (stdout) in `fmt` ("text" or "json"), with secrets scrubbed.
 
-    def __init__(self, secrets: Iterable[str]) -> None:
-        super().__init__()
-        self._secrets = [s for s in secrets if len(s) >= 8]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        if any(secret in message for secret in self._secrets):
-            for secret in self._secrets:
-                message = message.replace(secret, "[redacted]")
-            record.msg, record.args = message, None
-        if record.exc_info and record.exc_info[1] is not None:
-            text = logging.Formatter().formatException(record.exc_info)
-            if any(secret in text for secret in self._secrets):
-                for secret in self._secrets:
-                    text = text.replace(secret, "[redacted]")
-                record.exc_info, record.exc_text = None, text
-        return True
-
-
-def configure_logging(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
-    """Send every log line to stdout in `fmt` ("text" or "json"), with `secrets` scrubbed."""
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(
+    Scrubbing is done on the formatted line (see `bot.redaction`): `secrets` literally, and interaction
+    tokens, bot tokens and webhook URLs by their shape, whoever logged them.
+    """
+    handler = logging.StreamHandler(stream or sys.stdout)
+    inner = (
         JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     )
-    handler.addFilter(RedactSecrets(secrets))
+    handler.addFilter(JobContextFilter())  # job id, server id and model on every line about a job
+    handler.setFormatter(RedactingFormatter(inner, Redactor(secrets)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

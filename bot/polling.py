@@ -181,6 +181,11 @@ class PollPlanner:
             density=self.density,
         )
 
+    async def expected_seconds(self, model: str) -> float | None:
+        """The median of `model`'s recent durations (what the schedule centres on); None with no history."""
+        schedule = await self.schedule_for(model)
+        return schedule.expected if schedule.spread is not None else None
+
     async def record(self, model: str, seconds: float) -> None:
         """Remember that an operation of `model` took `seconds` from submit to completion."""
         if math.isfinite(seconds) and seconds > 0:

@@ -27,6 +27,8 @@ class Progress:
     elapsed: int = 0  # whole seconds since the request reached the gateway (generating only)
     position: int | None = None  # place in the queue (queued only)
     count: int = 1  # images being fetched (downloading only)
+    starts_at: float | None = None  # estimated start, epoch seconds (queued only)
+    ends_at: float | None = None  # expected end from the model's learned durations, epoch seconds (generating)
 
 
 class ProgressReporter:
@@ -54,13 +56,26 @@ class ProgressReporter:
         self._closed = False
 
     def update(
-        self, stage: Stage, *, position: int | None = None, count: int = 1, elapsed: float | None = None
+        self,
+        stage: Stage,
+        *,
+        position: int | None = None,
+        count: int = 1,
+        elapsed: float | None = None,
+        starts_at: float | None = None,
+        ends_at: float | None = None,
     ) -> None:
         """Set the current stage. For "generating", `elapsed` anchors the clock (resumed jobs)."""
         if stage == "generating":
             if self._generating_since is None or elapsed is not None:
                 self._generating_since = self._clock() - (elapsed or 0.0)
-        self._current = Progress(stage=stage, position=position if stage == "queued" else None, count=count)
+        self._current = Progress(
+            stage=stage,
+            position=position if stage == "queued" else None,
+            count=count,
+            starts_at=starts_at if stage == "queued" else None,
+            ends_at=ends_at if stage == "generating" else None,
+        )
         self._changed.set()
         if self._task is None and not self._closed:
             self._task = asyncio.create_task(self._run(), name="progress-reporter")
@@ -95,12 +110,13 @@ class ProgressReporter:
         """Stop reporting before the final edit.
 
         An edit already on the wire is allowed to finish first, so that it cannot land after (and hide)
-        the result.
+        the result. A cancellation of the caller is never swallowed: only the reporter's own task is
+        awaited quietly (`asyncio.wait` does not raise its result), so a member's Cancel or a shutdown
+        that lands here still reaches the job.
         """
         self._closed = True
         task, self._task = self._task, None
         if task is not None:
             async with self._sending:
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await asyncio.wait([task])

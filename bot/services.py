@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
+from bot.automod import AutoModChecker
 from bot.catalog import Catalog
 from bot.config import Settings
 from bot.gateway import GatewayClient
 from bot.jobs import JobService
 from bot.ledger import Ledger
 from bot.moderation import Moderator
+from bot.ops.alerts import Alerts, WebhookSink
+from bot.ops.caps import CapsPolicy
+from bot.ops.metrics import Metrics
+from bot.ops.seat import OperatorService, OpsHooks
 from bot.policy import PolicyService
 from bot.polling import PollPlanner
 from bot.scheduling import ConcurrencyLimits
@@ -30,13 +35,41 @@ class Services:
     jobs: JobService
     moderator: Moderator
     policy: PolicyService
+    metrics: Metrics
+    alerts: Alerts
+    operator: OperatorService
+    automod: AutoModChecker = field(default_factory=AutoModChecker)  # the servers' AutoMod rules, cached
 
     @classmethod
-    def build(cls, settings: Settings, session: aiohttp.ClientSession, store: Store) -> Services:
-        """Wire the core together. Raises `CatalogError` when the model catalog is unreadable."""
+    def build(
+        cls,
+        settings: Settings,
+        session: aiohttp.ClientSession,
+        store: Store,
+        *,
+        downloads: aiohttp.ClientSession | None = None,
+    ) -> Services:
+        """Wire the core together. Raises `CatalogError` when the model catalog is unreadable.
+
+        `downloads` fetches result images (`bot.net.guarded_session`); without it, `session` does.
+        """
         catalog = Catalog.load(settings.model_catalog_path)
         ledger = Ledger.from_settings(store, settings)
-        gateway = GatewayClient.from_settings(session, settings)
+        gateway = GatewayClient.from_settings(session, settings, download_session=downloads)
+        # The operator's seat: caps on every hold and admin figure, alerts, metrics, the kill switch.
+        metrics = Metrics()
+        caps = ledger.caps = CapsPolicy(store, settings)
+        alerts = Alerts(
+            store,
+            ledger,
+            failure_rate=settings.operator_alert_failure_rate,
+            failure_window=settings.operator_alert_failure_window,
+        )
+        alerts.caps = caps
+        if settings.operator_alert_webhook_url is not None:
+            alerts.operator_sink = WebhookSink(session, settings.operator_alert_webhook_url)
+        operator = OperatorService(store, caps, metrics)
+        gateway.on_status = lambda status: metrics.gateway_requests.labels(status).inc()
         jobs = JobService(
             store,
             ledger,
@@ -48,6 +81,15 @@ class Services:
                 global_=settings.max_jobs_global,
             ),
             progress_interval=settings.progress_edit_interval,
+            hooks=OpsHooks(operator, metrics, alerts),
         )
-        policy = PolicyService(store, ledger, catalog, bot_default_model=settings.default_model)
-        return cls(settings, catalog, store, ledger, gateway, jobs, Moderator(store), policy)
+        operator.running_here = lambda: jobs.running_here
+        policy = PolicyService(
+            store,
+            ledger,
+            catalog,
+            bot_default_model=settings.default_model,
+            blocklist_max_terms=settings.blocklist_max_terms,
+        )
+        policy.caps = caps
+        return cls(settings, catalog, store, ledger, gateway, jobs, Moderator(store), policy, metrics, alerts, operator)

@@ -10,8 +10,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_app import NO_MENTIONS, locale_of
-from bot.messages import text
+from bot.messages import number_text, text
 from cogs.launch import role_ids
+from cogs.rendering import allowance_text
 
 if TYPE_CHECKING:
     from bot.discord_app import ImagineBot
@@ -39,21 +40,13 @@ class AccountCog(commands.Cog):
         embed = discord.Embed(title=text("credits.title", locale), colour=discord.Colour.blurple())
         embed.add_field(
             name=text("credits.available", locale),
-            value=unlimited if balance.available is None else str(balance.available),
+            value=unlimited if balance.available is None else number_text(balance.available, locale),
         )
-        embed.add_field(name=text("credits.held", locale), value=str(balance.held))
-        allowance = balance.allowance
-        embed.add_field(
-            name=text("credits.allowance", locale),
-            value=unlimited
-            if allowance.unlimited
-            else text("credits.allowance_value", locale, amount=allowance.amount, period=allowance.period),
-        )
+        embed.add_field(name=text("credits.held", locale), value=number_text(balance.held, locale))
+        embed.add_field(name=text("credits.allowance", locale), value=allowance_text(balance.allowance, locale))
         embed.add_field(
             name=text("credits.resets", locale),
-            value=discord.utils.format_dt(_dt(balance.resets_at), "R")
-            if balance.resets_at
-            else text("credits.never", locale),
+            value=_moment(balance.resets_at) if balance.resets_at else text("credits.never", locale),
         )
         jobs = await self.services.store.recent_jobs(interaction.guild_id, interaction.user.id, RECENT_JOBS)
         lines = [
@@ -63,7 +56,7 @@ class AccountCog(commands.Cog):
                 when=discord.utils.format_dt(_dt(job.created_at), "R"),
                 model=job.model,
                 count=job.count,
-                status=job.status.value,
+                status=text(f"job_status.{job.status.value}", locale),
                 charged=job.charged,
             )
             for job in jobs
@@ -78,6 +71,11 @@ class AccountCog(commands.Cog):
 
 def _dt(epoch: float) -> datetime:
     return datetime.fromtimestamp(epoch, UTC)
+
+
+def _moment(epoch: float) -> str:
+    """A date and time plus how far away it is, as Discord timestamps every client shows in its own language."""
+    return f"{discord.utils.format_dt(_dt(epoch), 'f')} ({discord.utils.format_dt(_dt(epoch), 'R')})"
 
 
 async def setup(bot: ImagineBot) -> None:

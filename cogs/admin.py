@@ -16,10 +16,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_app import NO_MENTIONS, locale_of
-from bot.messages import text
+from bot.charts import render_usage_chart_async
+from bot.discord_app import NO_MENTIONS, language_choices, locale_of
+from bot.i18n import catalogs, server_language
+from bot.messages import has_text, number_text, text
 from bot.policy import parse_export_range
-from bot.store.records import Allowance
+from cogs.rendering import allowance_text
+from cogs.request_checks import automod_fetcher
 
 if TYPE_CHECKING:
     from bot.discord_app import ImagineBot
@@ -29,14 +32,6 @@ Amount = app_commands.Range[int, 0, 1_000_000]
 GrantAmount = app_commands.Range[int, 1, 1_000_000]
 ADMIN = discord.Permissions(manage_guild=True)
 admin_only = app_commands.checks.has_permissions(manage_guild=True)
-
-
-def allowance_text(allowance: Allowance | None, locale: str) -> str:
-    if allowance is None:
-        return text("admin.not_set", locale)
-    if allowance.unlimited:
-        return text("credits.unlimited", locale)
-    return text("credits.allowance_value", locale, amount=allowance.amount, period=allowance.period)
 
 
 def when(epoch: float | None, style: str = "R") -> str:
@@ -67,6 +62,7 @@ class AdminCog(commands.Cog):
     server = app_commands.Group(
         name="server", description="Server settings for images (admins)", guild_only=True, default_permissions=ADMIN
     )
+    channels = app_commands.Group(name="channels", description="Where images can be made", parent=server)
     blocklist = app_commands.Group(
         name="blocklist",
         description="Words and patterns refused in prompts (admins)",
@@ -209,11 +205,13 @@ class AdminCog(commands.Cog):
         embed.add_field(name=text("credits.allowance", locale), value=allowance_text(balance.allowance, locale))
         embed.add_field(
             name=text("credits.available", locale),
-            value=text("credits.unlimited", locale) if balance.available is None else str(balance.available),
+            value=text("credits.unlimited", locale)
+            if balance.available is None
+            else number_text(balance.available, locale),
         )
-        embed.add_field(name=text("credits.held", locale), value=str(balance.held))
-        embed.add_field(name=text("admin.spent", locale), value=str(balance.captured))
-        embed.add_field(name=text("admin.granted_total", locale), value=str(balance.granted))
+        embed.add_field(name=text("credits.held", locale), value=number_text(balance.held, locale))
+        embed.add_field(name=text("admin.spent", locale), value=number_text(balance.captured, locale))
+        embed.add_field(name=text("admin.granted_total", locale), value=number_text(balance.granted, locale))
         embed.add_field(name=text("credits.resets", locale), value=when(balance.resets_at))
         await reply(interaction, embed=embed)
 
@@ -274,16 +272,32 @@ class AdminCog(commands.Cog):
             name=text("admin.by_model", locale),
             inline=False,
             value="\n".join(
-                f"`{model}` · {credits}" for model, credits in sorted(report.by_model.items(), key=lambda i: -i[1])
+                text("usage.model_line", locale, model=model, credits=credits)
+                for model, credits in sorted(report.by_model.items(), key=lambda i: -i[1])
             )[:1024]
             or "—",
         )
         embed.add_field(
             name=text("admin.top_members", locale),
             inline=False,
-            value="\n".join(f"<@{user}> · {credits}" for user, credits in report.top_members)[:1024] or "—",
+            value="\n".join(
+                text("usage.member_line", locale, member=f"<@{user}>", credits=credits)
+                for user, credits in report.top_members
+            )[:1024]
+            or "—",
         )
-        await reply(interaction, embed=embed)
+        # Drawing takes a moment (in a worker thread): acknowledge first.
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        spend, budget = await self.services.policy.daily_usage(interaction.guild_id)
+        title = text("usage.chart_title", locale, since=spend.days[0].isoformat(), until=spend.days[-1].isoformat())
+        png = await render_usage_chart_async(spend, budget=budget, title=title)
+        embed.set_image(url="attachment://usage.png")
+        await interaction.followup.send(
+            embed=embed,
+            file=discord.File(io.BytesIO(png), filename="usage.png"),
+            ephemeral=True,
+            allowed_mentions=NO_MENTIONS,
+        )
 
     @usage.command(name="member")
     @admin_only
@@ -293,7 +307,13 @@ class AdminCog(commands.Cog):
         assert interaction.guild_id is not None
         locale = locale_of(interaction)
         report = await self.services.policy.usage(interaction.guild_id, user_id=member.id)
-        lines = "\n".join(f"`{m}` · {c}" for m, c in sorted(report.by_model.items(), key=lambda i: -i[1])) or "—"
+        lines = (
+            "\n".join(
+                text("usage.model_line", locale, model=m, credits=c)
+                for m, c in sorted(report.by_model.items(), key=lambda i: -i[1])
+            )
+            or "—"
+        )
         await reply(
             interaction,
             text(
@@ -309,15 +329,22 @@ class AdminCog(commands.Cog):
 
     @usage.command(name="export")
     @admin_only
-    @app_commands.describe(start="First day, YYYY-MM-DD (server time zone)", end="Last day, YYYY-MM-DD (inclusive)")
-    async def usage_export(self, interaction: discord.Interaction[Any], start: str, end: str) -> None:
-        """Download the credit ledger for a date range as CSV."""
+    @app_commands.describe(
+        start="First day, YYYY-MM-DD (server time zone); default: the period's first day",
+        end="Last day, YYYY-MM-DD (inclusive); default: today",
+    )
+    async def usage_export(
+        self, interaction: discord.Interaction[Any], start: str | None = None, end: str | None = None
+    ) -> None:
+        """Download the credit ledger for a date range (default: this period) as CSV."""
         assert interaction.guild_id is not None
         locale = locale_of(interaction)
+        period_first, today = await self.services.policy.current_period_days(interaction.guild_id)
+        start, end = start or period_first, end or today
         parse_export_range(start, end)  # a bad range is refused as the first answer
         # A long range on a busy server takes a while to read: acknowledge first (Discord's 3 s).
         await interaction.response.defer(ephemeral=True, thinking=True)
-        data, rows = await self.services.policy.export_ledger(interaction.guild_id, start, end)
+        data, rows = await self.services.policy.export_ledger(interaction.guild_id, start, end, locale)
         if len(data) > interaction.filesize_limit:
             await interaction.followup.send(text("error.export_too_large", locale, size=len(data)), ephemeral=True)
             return
@@ -333,12 +360,21 @@ class AdminCog(commands.Cog):
     async def audit(self, interaction: discord.Interaction[Any]) -> None:
         """Recent admin changes on this server."""
         assert interaction.guild_id is not None
+        locale = locale_of(interaction)
         entries = await self.services.store.recent_audit(interaction.guild_id, 15)
         lines = [
-            f"{when(e.created_at)} <@{e.actor_id}> `{e.action}` {json.dumps(e.detail, ensure_ascii=False)[:150]}"
+            text(
+                "audit.line",
+                locale,
+                when=when(e.created_at),
+                actor=f"<@{e.actor_id}>",
+                code=e.action,
+                action=text(f"audit.{e.action}", locale) if has_text(f"audit.{e.action}") else "",
+                detail=json.dumps(e.detail, ensure_ascii=False)[:150],
+            )
             for e in entries
         ]
-        await reply(interaction, "\n".join(lines)[:2000] or text("admin.audit_empty", locale_of(interaction)))
+        await reply(interaction, "\n".join(lines)[:2000] or text("admin.audit_empty", locale))
 
     # --- /server settings ------------------------------------------------------------------------------------
 
@@ -365,6 +401,109 @@ class AdminCog(commands.Cog):
         assert interaction.guild_id is not None
         await self.services.policy.set_quote_threshold(interaction.guild_id, interaction.user.id, threshold)
         await say(interaction, "admin.quote_set", threshold=threshold)
+
+    @server.command(name="language")
+    @admin_only
+    @app_commands.describe(language="auto follows the server's Discord language")
+    @app_commands.choices(language=language_choices())
+    async def server_language(self, interaction: discord.Interaction[Any], language: str) -> None:
+        """Set the language of what the bot posts on its own in this server."""
+        assert interaction.guild_id is not None
+        locale = locale_of(interaction)
+        policy = await self.services.policy.set_language(interaction.guild_id, interaction.user.id, language)
+        preferred = getattr(interaction.guild, "preferred_locale", None)
+        shown = server_language(policy.language, getattr(preferred, "value", preferred))
+        key = f"language_name.{shown}"
+        name = text(key, locale) if has_text(key) else catalogs()[shown]["language.name"]
+        await say(
+            interaction, "server.language_auto" if policy.language == "auto" else "server.language_set", language=name
+        )
+
+    @server.command(name="logchannel")
+    @admin_only
+    @app_commands.describe(channel="Where budget notices (50/80/100 %) and admin changes go; leave out to stop")
+    async def server_logchannel(
+        self, interaction: discord.Interaction[Any], channel: discord.TextChannel | None = None
+    ) -> None:
+        """Set the channel that gets this server's budget notices and admin changes."""
+        assert interaction.guild_id is not None
+        channel_id = None if channel is None else channel.id
+        await self.services.operator.set_log_channel(interaction.guild_id, interaction.user.id, channel_id)
+        if channel is None:
+            await say(interaction, "admin.log_channel_removed")
+        else:
+            await say(interaction, "admin.log_channel_set", channel=channel.mention)
+
+    @server.command(name="spoilers")
+    @admin_only
+    @app_commands.describe(
+        mode="off: when members ask; all: every result; outside_nsfw: outside age-restricted channels"
+    )
+    async def server_spoilers(
+        self, interaction: discord.Interaction[Any], mode: Literal["off", "all", "outside_nsfw"]
+    ) -> None:
+        """Choose which results are posted as spoilers."""
+        assert interaction.guild_id is not None
+        await self.services.policy.set_spoiler_mode(interaction.guild_id, interaction.user.id, mode)
+        await say(interaction, "spoilers.set", mode=text(f"spoilers.{mode}", locale_of(interaction)))
+
+    @server.command(name="show")
+    @admin_only
+    async def server_show(self, interaction: discord.Interaction[Any]) -> None:
+        """Show this server's image settings, and whether its AutoMod rules are applied to prompts."""
+        assert interaction.guild_id is not None
+        locale = locale_of(interaction)
+        policy = await self.services.store.get_policy(interaction.guild_id)
+        channels = await self.services.store.allowed_channels(interaction.guild_id)
+        rules = await self.services.automod.rules(interaction.guild_id, automod_fetcher(interaction))
+        automod = (
+            text("automod.no_permission", locale) if rules is None else text("automod.active", locale, count=len(rules))
+        )
+        threshold = (
+            policy.quote_threshold if policy.quote_threshold is not None else self.services.settings.quote_threshold
+        )
+        await say(
+            interaction,
+            "server.show",
+            timezone=policy.timezone,
+            quote=threshold,
+            channels=", ".join(f"<#{c}>" for c in channels) or text("channels.everywhere", locale),
+            spoilers=text(f"spoilers.{policy.spoiler_mode}", locale),
+            automod=automod,
+        )
+
+    @channels.command(name="add")
+    @admin_only
+    @app_commands.describe(channel="A channel where /imagine, re-roll and remix will work")
+    async def channels_add(self, interaction: discord.Interaction[Any], channel: discord.abc.GuildChannel) -> None:
+        """Allow images in a channel (once any is chosen, only the chosen ones)."""
+        assert interaction.guild_id is not None
+        changed = await self.services.policy.set_channel_allowed(
+            interaction.guild_id, interaction.user.id, channel.id, True
+        )
+        await say(interaction, "channels.added" if changed else "channels.unchanged", channel=channel.mention)
+
+    @channels.command(name="remove")
+    @admin_only
+    @app_commands.describe(channel="A channel to take off the list")
+    async def channels_remove(self, interaction: discord.Interaction[Any], channel: discord.abc.GuildChannel) -> None:
+        """Take a channel off the list (an empty list allows every channel)."""
+        assert interaction.guild_id is not None
+        changed = await self.services.policy.set_channel_allowed(
+            interaction.guild_id, interaction.user.id, channel.id, False
+        )
+        await say(interaction, "channels.removed" if changed else "channels.unchanged", channel=channel.mention)
+
+    @channels.command(name="list")
+    @admin_only
+    async def channels_list(self, interaction: discord.Interaction[Any]) -> None:
+        """Show where images can be made."""
+        assert interaction.guild_id is not None
+        channels = await self.services.store.allowed_channels(interaction.guild_id)
+        if channels:
+            await say(interaction, "channels.list", channels=", ".join(f"<#{c}>" for c in channels))
+        else:
+            await say(interaction, "channels.everywhere")
 
     # --- /blocklist ------------------------------------------------------------------------------------------
 
@@ -398,8 +537,12 @@ class AdminCog(commands.Cog):
         """Show the blocked terms."""
         assert interaction.guild_id is not None
         terms = await self.services.store.blocked_terms(interaction.guild_id)
-        lines = [f"`{t.id}` {'regex ' if t.is_regex else ''}`{t.pattern}`" for t in terms]
-        await reply(interaction, "\n".join(lines)[:2000] or text("admin.blocked_empty", locale_of(interaction)))
+        locale = locale_of(interaction)
+        lines = [
+            text("blocklist.regex_line" if t.is_regex else "blocklist.line", locale, id=t.id, pattern=t.pattern)
+            for t in terms
+        ]
+        await reply(interaction, "\n".join(lines)[:2000] or text("admin.blocked_empty", locale))
 
 
 async def setup(bot: ImagineBot) -> None:

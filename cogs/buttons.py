@@ -82,13 +82,18 @@ class JobButton(
         await answer_errors(interaction, lambda: actions[self.action](interaction))
 
     async def _cancel(self, interaction: discord.Interaction[Any]) -> None:
-        """Cancel a queued or running job; its credits are released and its reply says so."""
+        """Cancel a queued or running job; its credits are released and its reply says so.
+
+        Acknowledged before the work: stopping a job waits for its edits, which Discord may be
+        rate-limiting, and the click must be answered within 3 s whatever happens. Only the ownership
+        check (one read) comes first, so that a refusal stays the click's one ephemeral answer.
+        """
+        await _owned_job(interaction, self.job_id)
+        await interaction.response.defer()
         jobs = interaction.client.services.jobs  # type: ignore[attr-defined]
         job = await jobs.cancel(self.job_id, interaction.user.id, is_admin=is_admin(interaction))
-        if job.status != "cancelled":
+        if job.status != "cancelled" and not job.cancel_requested:
             await send_ephemeral(interaction, text("job.already_finished", locale_of(interaction)))
-        elif not interaction.response.is_done():
-            await interaction.response.defer()
 
     async def _delete(self, interaction: discord.Interaction[Any]) -> None:
         """Delete a result message: the member who asked, or an admin."""
@@ -106,7 +111,14 @@ class JobButton(
         job = await store.get_job(self.job_id)
         if job is None:
             raise JobNotFoundError()
-        request = ImagineRequest(prompt=job.prompt, model=job.model, count=job.count, options=dict(job.options))
+        request = ImagineRequest(
+            prompt=job.prompt,
+            model=job.model,
+            count=job.count,
+            options=dict(job.options),
+            applied_style=job.style,
+            spoiler=job.spoiler,
+        )
         await launch_job(interaction, request)
 
 
@@ -120,21 +132,37 @@ async def _owned_job(interaction: discord.Interaction[Any], job_id: str) -> JobR
     return job
 
 
-def running_view(job: JobRecord) -> discord.ui.View:
-    """Buttons while a job is queued or running."""
+def running_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
+    """Buttons while a job is queued or running (labels in `locale`, by default the job's)."""
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("cancel", job.id, job.locale))
+    view.add_item(JobButton("cancel", job.id, locale or job.locale))
     return view
 
 
-def result_view(job: JobRecord) -> discord.ui.View:
-    """Buttons under delivered images."""
+# More buttons under results (Remix, Details), registered by the cogs that own them: they depend on this
+# module, never the reverse. Each maker takes the job and the language of the labels.
+RESULT_BUTTONS: list[Callable[[JobRecord, str], discord.ui.Item[Any]]] = []
+
+
+def result_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
+    """Buttons under delivered images (labels in `locale`, by default the job's)."""
+    language = locale or job.locale
     view = discord.ui.View(timeout=None)
-    view.add_item(JobButton("reroll", job.id, job.locale))
-    view.add_item(JobButton("delete", job.id, job.locale))
+    view.add_item(JobButton("reroll", job.id, language))
+    for make in RESULT_BUTTONS:
+        view.add_item(make(job, language))
+    view.add_item(JobButton("delete", job.id, language))
     return view
 
 
 DYNAMIC_ITEMS = (JobButton,)
 
-__all__ = ["DYNAMIC_ITEMS", "NO_MENTIONS", "answer_errors", "is_admin", "result_view", "running_view"]
+__all__ = [
+    "DYNAMIC_ITEMS",
+    "NO_MENTIONS",
+    "RESULT_BUTTONS",
+    "answer_errors",
+    "is_admin",
+    "result_view",
+    "running_view",
+]

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_CHOICES = 25  # Discord's autocomplete limit
+START_RETRY_FIRST, START_RETRY_CAP = 1.0, 30.0  # seconds between attempts to start the job service
 
 
 class ImagineCog(commands.Cog):
@@ -34,19 +35,31 @@ class ImagineCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(*DYNAMIC_ITEMS)
-        self._starter = asyncio.create_task(self._start_jobs(), name="start-jobs")
+        self._starter = self.bot.spawn(self._start_jobs(), name="start-jobs")
 
     async def cog_unload(self) -> None:
         if self._starter is not None:
             self._starter.cancel()
 
     async def _start_jobs(self) -> None:
-        # Recovery edits replies in channels, so the job service starts once the guild cache is ready.
+        """Start the job service, retrying with backoff until it runs (or the bot closes).
+
+        Recovery edits replies in channels, so it starts once the guild cache is ready; a failure (Discord
+        unreachable mid-recovery) is logged and retried. Until it runs, /imagine is refused.
+        """
         await self.bot.wait_until_ready()
-        if self.bot.is_closing:
+        presenter = DiscordJobPresenter(self.bot)
+        delay = START_RETRY_FIRST
+        while not self.bot.is_closing:
+            try:
+                await self.services.jobs.start(presenter)
+            except Exception:
+                log.exception("the job service did not start; retrying in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, START_RETRY_CAP)
+                continue
+            log.info("job service started")
             return
-        await self.services.jobs.start(DiscordJobPresenter(self.bot))
-        log.info("job service started")
 
     @app_commands.command(name="imagine")
     @app_commands.guild_only()
@@ -58,6 +71,8 @@ class ImagineCog(commands.Cog):
         quality="Quality, for models that take it",
         size="Size or resolution, for models that take it",
         background="Background (OpenAI models): auto, transparent or opaque",
+        style="A style of this server: its template wraps your prompt",
+        spoiler="Post the images as spoilers",
     )
     async def imagine(
         self,
@@ -65,14 +80,32 @@ class ImagineCog(commands.Cog):
         prompt: app_commands.Range[str, 1, 6000],
         model: str | None = None,
         aspect_ratio: str | None = None,
-        count: app_commands.Range[int, 1, 20] = 1,
+        count: app_commands.Range[int, 1, 20] | None = None,
         quality: str | None = None,
         size: str | None = None,
         background: str | None = None,
+        style: str | None = None,
+        spoiler: bool = False,
     ) -> None:
         """Generate images from a text prompt."""
         options = {"aspect_ratio": aspect_ratio, "quality": quality, "size": size, "background": background}
-        await launch_job(interaction, ImagineRequest(prompt=prompt, model=model, count=count, options=options))
+        request = ImagineRequest(
+            prompt=prompt, model=model, count=count, options=options, use_defaults=True, style=style, spoiler=spoiler
+        )
+        await launch_job(interaction, request)
+
+    @imagine.autocomplete("style")
+    async def _style_choices(
+        self, interaction: discord.Interaction[Any], current: str
+    ) -> list[app_commands.Choice[str]]:
+        if interaction.guild_id is None:
+            return []
+        needle = current.lower().strip()
+        return [
+            app_commands.Choice(name=f"{s.name} · {s.template}"[:100], value=s.name)
+            for s in await self.services.store.styles(interaction.guild_id)
+            if needle in s.name
+        ][:MAX_CHOICES]
 
     @imagine.autocomplete("model")
     async def _model_choices(

@@ -103,7 +103,10 @@ class ModelsCog(commands.Cog):
     async def _model_names(self, interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
         needle = current.lower()
         return [
-            app_commands.Choice(name=f"{spec.name} · {spec.price}"[:100], value=spec.name)
+            app_commands.Choice(
+                name=text("autocomplete.model", locale_of(interaction), name=spec.name, price=spec.price)[:100],
+                value=spec.name,
+            )
             for spec in self.services.catalog.models
             if needle in spec.name.lower()
         ][:25]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import BotError, DeliveryError
+from bot.i18n import server_language
 from bot.images import ImageData, fit_for_upload_async
 from bot.jobs import Delivery
 from bot.progress import Progress
@@ -49,6 +50,9 @@ def _reply_id(job: JobRecord) -> int:
 
 def _file_prefix(job: JobRecord) -> str:
     return f"imagine-{job.id[:12]}-"
+
+
+SPOILER_PREFIX = "SPOILER_"  # Discord shows an attachment so named as a spoiler
 
 
 class DiscordJobPresenter:
@@ -96,11 +100,19 @@ class DiscordJobPresenter:
             return job.upload_limit
         return guild_limit
 
-    async def _edit(self, job: JobRecord, **fields: Any) -> None:
-        """Edit the job's reply (no uploads) by the best route available."""
+    async def _server_locale(self, job: JobRecord) -> str:
+        """The language of what is posted for the whole channel: the admin's setting or Discord's guild locale."""
+        policy = await self._bot.services.store.get_policy(job.guild_id)
+        guild = self._bot.get_guild(job.guild_id)
+        preferred = getattr(guild.preferred_locale, "value", None) if guild is not None else None
+        return server_language(policy.language, preferred)
+
+    async def _edit(self, job: JobRecord, build: Callable[[str], dict[str, Any]]) -> None:
+        """Edit the job's reply (no uploads) by the best route available, with `build(locale)`'s fields: the
+        member's language through their interaction, the server's through the channel."""
         if self._token_usable(job):
             try:
-                await self._webhook(job).edit_message(_reply_id(job), allowed_mentions=NO_MENTIONS, **fields)
+                await self._webhook(job).edit_message(_reply_id(job), allowed_mentions=NO_MENTIONS, **build(job.locale))
                 return
             except discord.HTTPException as exc:
                 if not (_dead_token(exc) or exc.code == UNKNOWN_MESSAGE):
@@ -108,22 +120,38 @@ class DiscordJobPresenter:
                 self._dead_tokens.add(job.id)
                 log.info("job id=%s: interaction token refused (%s); using the channel", job.id, exc.code)
         channel = await self._channel(job, uploading=False)
+        fields = build(await self._server_locale(job))
         await channel.get_partial_message(_reply_id(job)).edit(allowed_mentions=NO_MENTIONS, **fields)
 
     # --- JobPresenter ----------------------------------------------------------------------------------------
 
     async def show_progress(self, job: JobRecord, progress: Progress) -> None:
-        await self._edit(job, content=None, embed=progress_embed(job, progress), view=running_view(job))
+        await self._edit(
+            job,
+            lambda locale: {
+                "content": None,
+                "embed": progress_embed(job, progress, locale),
+                "view": running_view(job, locale),
+            },
+        )
 
     async def show_failure(self, job: JobRecord, error: BotError) -> None:
         try:
-            await self._edit(job, content=None, embed=failure_embed(job, error), attachments=[], view=None)
+            await self._edit(
+                job,
+                lambda locale: {
+                    "content": None,
+                    "embed": failure_embed(job, error, locale),
+                    "attachments": [],
+                    "view": None,
+                },
+            )
         except discord.NotFound:
-            # The reply is gone (deleted by someone): say it in a new message instead.
+            # The reply is gone (deleted by someone): say it in a new message, for the channel to read.
             channel = await self._channel(job, uploading=False)
             await channel.send(
                 content=f"<@{job.user_id}>",
-                embed=failure_embed(job, error),
+                embed=failure_embed(job, error, await self._server_locale(job)),
                 allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
             )
 
@@ -151,7 +179,11 @@ class DiscordJobPresenter:
         except (discord.HTTPException, DeliveryError):
             return None
         prefix = _file_prefix(job)
-        return sum(1 for attachment in message.attachments if attachment.filename.startswith(prefix))
+        return sum(
+            1
+            for attachment in message.attachments
+            if attachment.filename.removeprefix(SPOILER_PREFIX).startswith(prefix)
+        )
 
     async def member_roles(self, guild_id: int, user_id: int) -> Sequence[int]:
         guild = self._bot.get_guild(guild_id)
@@ -185,6 +217,7 @@ class DiscordJobPresenter:
     async def _post_fitted(self, job: JobRecord, delivery: Delivery, limit: int, *, via_webhook: bool) -> int:
         names, blobs = await self._fit(job, delivery.images, limit)
         reply_id = _reply_id(job)
+        locale = job.locale if via_webhook else await self._server_locale(job)
         edit_reply: Callable[..., Awaitable[Any]]
         send_more: Callable[[list[discord.File]], Awaitable[Any]]
         if via_webhook:
@@ -217,14 +250,25 @@ class DiscordJobPresenter:
             files = [discord.File(io.BytesIO(blobs[i]), filename=names[i]) for i in chunk]
             if start == 0:
                 embeds = result_embeds(
-                    job, [names[i] for i in chunk], charged=delivery.charged, available_after=delivery.available_after
+                    job,
+                    [names[i] for i in chunk],
+                    charged=delivery.charged,
+                    available_after=delivery.available_after,
+                    locale=locale,
+                    origin_url=await self._origin_url(job),
                 )
                 await edit_reply(
-                    content=None, embeds=embeds, attachments=files, view=result_view(job), allowed_mentions=NO_MENTIONS
+                    content=None,
+                    embeds=embeds,
+                    attachments=files,
+                    view=result_view(job, locale),
+                    allowed_mentions=NO_MENTIONS,
                 )
             else:
                 await send_more(files)
             posted += len(files)
+            if delivery.record_posted is not None:
+                await delivery.record_posted(posted)
         return posted
 
     async def _fit(self, job: JobRecord, images: list[ImageData], limit: int) -> tuple[list[str], list[bytes]]:
@@ -232,6 +276,15 @@ class DiscordJobPresenter:
         blobs: list[bytes] = []
         for index, image in enumerate(images, start=1):
             data, extension = await fit_for_upload_async(image, limit)
-            names.append(f"{_file_prefix(job)}{index}.{extension}")
+            names.append(f"{SPOILER_PREFIX if job.spoiler else ''}{_file_prefix(job)}{index}.{extension}")
             blobs.append(data)
         return names, blobs
+
+    async def _origin_url(self, job: JobRecord) -> str | None:
+        """A remix links to the result it came from (when that job and its reply still exist)."""
+        if job.remix_of is None:
+            return None
+        origin = await self._bot.services.store.get_job(job.remix_of)
+        if origin is None or origin.reply_message_id is None:
+            return None
+        return f"https://discord.com/channels/{origin.guild_id}/{origin.channel_id}/{origin.reply_message_id}"

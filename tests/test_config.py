@@ -61,3 +61,20 @@ def test_the_example_env_file_with_only_the_secrets_filled_is_valid(tmp_path: Pa
     settings = Settings(_env_file=env_file)  # type: ignore[call-arg]
     assert settings.dev_guild_id is None and settings.model_catalog_path is None
     assert settings.discord_token.get_secret_value() == "tok-abcdefgh"
+
+
+def test_every_setting_is_in_the_example_env_file() -> None:
+    example = (ROOT / ".env.example").read_text()
+    names = {line.split("=", 1)[0] for line in example.splitlines() if line and not line.startswith("#")}
+    assert {name.upper() for name in Settings.model_fields} <= names
+
+
+@pytest.mark.parametrize(("value", "ids"), [("123", {123}), ("123, 456", {123, 456}), ("", set())])
+def test_owner_ids_take_one_id_or_several(value: str, ids: set[int]) -> None:
+    settings = Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, owner_ids=value)
+    assert settings.operator_ids == ids
+
+
+def test_owner_ids_that_are_not_ids_are_refused() -> None:
+    with pytest.raises(ValidationError, match="owner_ids"):
+        Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, owner_ids="123,bob")

@@ -24,6 +24,7 @@ from bot.errors import (
     GenerationFailedError,
     MalformedResponseError,
     ModelNotEnabledError,
+    OperationLostError,
     RateLimitedError,
     RequestRejectedError,
     UpstreamError,
@@ -359,7 +360,7 @@ async def test_poll_retries_timeouts(session: aiohttp.ClientSession, gw: FakeGat
         (Reply.error(401, "bad key"), GatewayAuthError),
         (Reply.error(402, "no credits"), GatewayCreditsExhaustedError),
         (Reply.error(403, "not enabled"), ModelNotEnabledError),
-        (Reply.error(404, "gone"), GatewayUnknownModelError),
+        (Reply.error(404, "gone"), OperationLostError),
     ],
 )
 async def test_poll_final_errors(client: GatewayClient, gw: FakeGateway, reply: Reply, error: type) -> None:

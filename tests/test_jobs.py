@@ -6,6 +6,7 @@ A recording presenter stands in for Discord. Every test checks the books: what w
 from __future__ import annotations
 
 import asyncio
+import base64
 import collections
 import itertools
 from collections.abc import AsyncIterator, Callable
@@ -445,3 +446,107 @@ async def test_an_idle_bot_still_releases_a_hold_whose_acknowledgement_failed(
     orphan = await core.services.jobs.submit(make_job(guild_id=GUILD, price=39), [])
     await settled(orphan.id)
     assert await entries(core.store, orphan.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+async def test_a_cancel_racing_the_dispatchers_claim_never_reaches_the_gateway(
+    start_core: Callable[..., Any], gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = await start_core()
+    job = new_job()
+    claimed, release = asyncio.Event(), asyncio.Event()
+    original = core.store.update_job
+
+    async def paused_claim(job_id: str, **fields: Any) -> Any:
+        result = await original(job_id, **fields)
+        if job_id == job.id and fields.get("status") == JobStatus.SUBMITTING:
+            claimed.set()  # the claim is committed; its task is not spawned yet
+            await release.wait()
+        return result
+
+    monkeypatch.setattr(core.store, "update_job", paused_claim)
+    await core.services.jobs.submit(job, [])
+    await asyncio.wait_for(claimed.wait(), 10)
+    await core.services.jobs.cancel(job.id, 100)  # read the row as claimed; no task here yet
+    release.set()
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    assert gateway.posts == [], "a cancelled job never reaches the gateway"
+    final = await core.store.get_job(job.id)
+    assert final is not None and final.status == JobStatus.CANCELLED
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+    assert len(core.presenter.of("failure", job.id)) == 1, "told once"
+
+
+async def test_a_cancel_from_another_process_is_seen_by_the_running_job_on_its_next_poll(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    # Another bot process on the same database: it does not run the job, so it can only flag it.
+    other = Services.build(core.settings, core.session, core.store).jobs
+    flagged = await other.cancel(job.id, 100)
+    assert flagged.cancel_requested and not flagged.is_terminal
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    final = await core.store.get_job(job.id)
+    assert final is not None and final.status == JobStatus.CANCELLED
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
+
+
+async def test_more_images_than_asked_are_neither_posted_nor_charged(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    core = await start_core()
+    image = gateway._image_bytes(gateway.behaviour["gemini-2.5-flash-image"], 0)
+    three = {"data": [{"b64_json": base64.b64encode(image).decode()} for _ in range(3)]}
+    gateway.enqueue(Reply.json(three), method="POST")
+    job = await core.services.jobs.submit(new_job(count=1), [])
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver" and len(end.payload.images) == 1 and end.payload.charged == 39
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
+
+
+async def test_a_cancel_while_the_images_are_being_posted_changes_nothing(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    posting, release = asyncio.Event(), asyncio.Event()
+
+    class SlowPoster(RecordingPresenter):
+        async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
+            posting.set()
+            await release.wait()  # Discord is slow to take the upload
+            return await super().deliver(job, delivery)
+
+    core = await start_core(presenter=SlowPoster())
+    job = await core.services.jobs.submit(new_job(), [])
+    await asyncio.wait_for(posting.wait(), 10)
+    answer = await core.services.jobs.cancel(job.id, 100)
+    assert answer.status == JobStatus.DELIVERING, "too late to cancel: the member gets the images"
+    release.set()
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
+
+
+async def test_a_queued_job_with_its_reply_is_never_taken_for_unacknowledged(
+    start_core: Callable[..., Any],
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+    settled: Callable[[str], Any],
+) -> None:
+    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.05)
+    core = await start_core(max_jobs_global=1)
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    blocker = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    waiting = await core.services.jobs.submit(new_job(user=2), [])  # has its reply: waits its turn
+    orphan = await core.services.jobs.submit(make_job(guild_id=GUILD, user_id=3, price=39), [])
+    await settled(orphan.id)  # a dispatcher pass after the threshold has run
+    still = await core.store.get_job(waiting.id)
+    assert still is not None and still.status == JobStatus.QUEUED, "a job waiting its turn keeps its hold"
+    stored = await core.store.get_job(blocker.id)
+    assert stored is not None and stored.operation_id
+    gateway.complete(stored.operation_id)
+    assert (await core.presenter.wait_end(waiting.id)).kind == "deliver"

@@ -1,4 +1,4 @@
-"""The message catalog covers every domain error and falls back to English."""
+"""The message catalog covers every domain error, falls back to English and groups digits by language."""
 
 from __future__ import annotations
 
@@ -20,9 +20,24 @@ def test_every_error_has_a_message() -> None:
     assert missing == []
 
 
-def test_locale_falls_back_to_english_and_fills_parameters() -> None:
+def test_an_unshipped_locale_falls_back_to_english_and_fills_parameters() -> None:
     error = errors.InsufficientCreditsError(needed=80, available=12)
-    assert error_text(error, "ko") == error_text(error, "en-US") == "This needs 80 credits and you have 12 available."
+    assert (
+        error_text(error, "fr")
+        == error_text(error, "en-US")
+        == "This needs 80 credits and you have 12 available. Nothing was charged."
+    )
+
+
+def test_korean_locale_gets_korean_with_grouped_digits() -> None:
+    error = errors.InsufficientCreditsError(needed=12_000, available=3_500)
+    assert error_text(error, "ko") == (
+        "12,000 크레딧이 필요해요. 지금 쓸 수 있는 크레딧: 3,500. 크레딧은 차감되지 않았어요."
+    )
+
+
+def test_an_id_placeholder_keeps_plain_digits() -> None:
+    assert text("admin.blocked_removed", "en", id=12345) == "Removed blocked term #12345."
 
 
 def test_missing_parameter_never_crashes() -> None:

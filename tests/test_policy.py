@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 from datetime import UTC, datetime
@@ -10,6 +11,7 @@ import pytest
 
 from bot.catalog import Catalog
 from bot.errors import (
+    BlocklistFullError,
     DefaultModelDisabledError,
     InvalidAmountError,
     InvalidValueError,
@@ -18,8 +20,8 @@ from bot.errors import (
 )
 from bot.ledger import Ledger
 from bot.policy import PolicyService
+from bot.store.base import Store
 from bot.store.records import Allowance, JobStatus
-from bot.store.sqlite import SqliteStore
 from tests.factories import make_job
 
 GUILD, ADMIN, MEMBER = 1, 900, 100
@@ -27,18 +29,18 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture
-def ledger(store: SqliteStore) -> Ledger:
+def ledger(store: Store) -> Ledger:
     return Ledger(store, default_allowance=Allowance(500, "month"), clock=lambda: NOW)
 
 
 @pytest.fixture
-def policy(store: SqliteStore, ledger: Ledger) -> PolicyService:
+def policy(store: Store, ledger: Ledger) -> PolicyService:
     return PolicyService(store, ledger, Catalog.load(), bot_default_model="gemini-2.5-flash-image", clock=lambda: NOW)
 
 
 @pytest.mark.parametrize("amount", [-1, 1_000_001, None, True])
 async def test_bad_amounts_are_refused_and_nothing_is_written(
-    policy: PolicyService, store: SqliteStore, amount: object
+    policy: PolicyService, store: Store, amount: object
 ) -> None:
     with pytest.raises(InvalidAmountError):
         await policy.set_default_allowance(GUILD, ADMIN, amount, "month")  # type: ignore[arg-type]
@@ -48,7 +50,7 @@ async def test_bad_amounts_are_refused_and_nothing_is_written(
     assert (await store.get_policy(GUILD)).default_allowance is None
 
 
-async def test_bad_period_timezone_and_model_are_refused(policy: PolicyService, store: SqliteStore) -> None:
+async def test_bad_period_timezone_and_model_are_refused(policy: PolicyService, store: Store) -> None:
     with pytest.raises(InvalidValueError):
         await policy.set_budget(GUILD, ADMIN, 100, "fortnight")
     with pytest.raises(InvalidValueError):
@@ -60,7 +62,7 @@ async def test_bad_period_timezone_and_model_are_refused(policy: PolicyService, 
     assert await store.recent_audit(GUILD, 10) == []
 
 
-async def test_changes_are_audited_and_take_effect(policy: PolicyService, ledger: Ledger, store: SqliteStore) -> None:
+async def test_changes_are_audited_and_take_effect(policy: PolicyService, ledger: Ledger, store: Store) -> None:
     await policy.set_default_allowance(GUILD, ADMIN, 50, "day")
     await policy.set_role_allowance(GUILD, ADMIN, 7, 80, "day")
     assert (await ledger.balance(GUILD, MEMBER, [])).available == 50
@@ -82,7 +84,7 @@ async def test_default_model_must_be_allowed(policy: PolicyService) -> None:
     assert updated.default_model == "stability-ai/sdxl"
 
 
-async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store: SqliteStore) -> None:
+async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store: Store) -> None:
     job = make_job(
         id="a" * 32, guild_id=GUILD, user_id=MEMBER, model="stability-ai/sdxl", count=2, price=5, mode="async"
     )
@@ -114,3 +116,64 @@ async def test_the_default_model_cannot_be_disabled(policy: PolicyService) -> No
         await policy.set_model_allowed(GUILD, ADMIN, "stability-ai/sdxl", False)
     disabled = await policy.set_model_allowed(GUILD, ADMIN, "gemini-2.5-flash-image", False)
     assert not disabled.is_model_allowed("gemini-2.5-flash-image")
+
+
+async def test_a_full_blocklist_refuses_more_terms_and_writes_nothing(store: Store, ledger: Ledger) -> None:
+    capped = PolicyService(
+        store,
+        ledger,
+        Catalog.load(),
+        bot_default_model="gemini-2.5-flash-image",
+        blocklist_max_terms=3,
+        clock=lambda: NOW,
+    )
+    # Five admins at once at the edge: the count and the insert are one statement, so only three get in.
+    results = await asyncio.gather(
+        *(capped.add_blocked_term(GUILD, ADMIN, f"word{i}", False) for i in range(5)), return_exceptions=True
+    )
+    refused = [r for r in results if isinstance(r, BlocklistFullError)]
+    assert len(refused) == 2 and refused[0].params == {"limit": 3}
+    assert len(await store.blocked_terms(GUILD)) == 3
+    version = await store.blocklist_version(GUILD)
+    with pytest.raises(BlocklistFullError):
+        await capped.add_blocked_term(GUILD, ADMIN, "one more", False)
+    assert len(await store.recent_audit(GUILD, 10)) == 3
+    assert await store.blocklist_version(GUILD) == version, "a refused add changes nothing"
+    await capped.add_blocked_term(GUILD + 1, ADMIN, "elsewhere", False)  # the cap is per server
+    term = (await store.blocked_terms(GUILD))[0]
+    assert await capped.remove_blocked_term(GUILD, ADMIN, term.id)
+    assert (await capped.add_blocked_term(GUILD, ADMIN, "room again", False)).pattern == "room again"
+
+
+async def test_server_language_is_stored_audited_and_validated(policy: PolicyService, store: Store) -> None:
+    assert (await store.get_policy(GUILD)).language == "auto"
+    with pytest.raises(InvalidValueError):
+        await policy.set_language(GUILD, ADMIN, "klingon")
+    assert await store.recent_audit(GUILD, 10) == []
+    assert (await policy.set_language(GUILD, ADMIN, "ko")).language == "ko"
+    assert (await store.get_policy(GUILD)).language == "ko"
+    (entry,) = await store.recent_audit(GUILD, 10)
+    assert entry.action == "policy.update" and entry.detail == {"language": "ko"}
+
+
+async def test_csv_headers_follow_the_admins_language(policy: PolicyService) -> None:
+    english, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "en-US")
+    korean, _ = await policy.export_ledger(GUILD, "2026-11-01", "2026-11-30", "ko")
+    assert english.decode().splitlines()[0] == "id,time_utc,user_id,kind,amount,job_id,model,actor_id,reason"
+    assert korean.decode().splitlines()[0] == "번호,시각_UTC,사용자_ID,종류,크레딧,작업_ID,모델,처리자_ID,사유"
+
+
+async def test_two_admins_at_once_never_leave_the_default_model_disabled(
+    policy: PolicyService, store: Store
+) -> None:
+    # One admin makes gpt-image-1 the default while another disables it: one of them must be refused.
+    results = await asyncio.gather(
+        policy.set_default_model(GUILD, ADMIN, "gpt-image-1"),
+        policy.set_model_allowed(GUILD, ADMIN + 1, "gpt-image-1", False),
+        return_exceptions=True,
+    )
+    refused = [r for r in results if isinstance(r, (ModelDisabledError, DefaultModelDisabledError))]
+    assert len(refused) == 1, results
+    final = await store.get_policy(GUILD)
+    default = final.default_model or "gemini-2.5-flash-image"
+    assert final.is_model_allowed(default), f"{default} is the default and disabled"

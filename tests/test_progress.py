@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from bot.progress import Progress, ProgressReporter
 
 
@@ -104,3 +106,23 @@ async def test_a_failing_send_does_not_stop_reporting() -> None:
     await asyncio.wait_for(done.wait(), 5)
     await reporter.close()
     assert calls == ["submitting", "downloading"]
+
+
+async def test_close_does_not_swallow_a_cancellation_of_its_caller() -> None:
+    # A member's Cancel (or a shutdown) that lands while the job waits in close() must reach the job.
+    recorder = Recorder()
+    reporter = ProgressReporter(recorder.send, interval=30.0)  # the reporter task sleeps between edits
+    reporter.update("submitting")
+    await recorder.wait_for(1)
+    after_close: list[str] = []
+
+    async def job() -> None:
+        await reporter.close()
+        after_close.append("went on")  # a swallowed cancel would get here
+
+    task = asyncio.create_task(job())
+    await asyncio.sleep(0)  # close() now waits for the reporter task to end
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert after_close == []

@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import BudgetExhaustedError, InsufficientCreditsError, ServerQueueFullError, TooManyJobsError
 from bot.store import Store, open_store
 from bot.store.base import DuplicateJobError
-from bot.store.records import Allowance, EntryKind, GuildPolicy, HoldLimits, JobStatus, MemberTotals, NewJob
+from bot.store.records import (
+    Allowance,
+    EntryKind,
+    GuildPolicy,
+    HoldLimits,
+    JobRecord,
+    JobStatus,
+    MemberTotals,
+    NewJob,
+)
 from bot.store.sqlite import DURATIONS_KEPT_PER_MODEL, SqliteStore, _load_migrations, _split_statements
 from tests.factories import make_job
 
@@ -82,7 +91,7 @@ async def test_ledger_is_append_only(tmp_path: Path) -> None:
 # --- jobs and holds --------------------------------------------------------------------------------------
 
 
-async def test_create_job_round_trips_every_field(store: SqliteStore) -> None:
+async def test_create_job_round_trips_every_field(store: Store) -> None:
     job = new_job(
         "j1",
         locale="de",
@@ -101,7 +110,7 @@ async def test_create_job_round_trips_every_field(store: SqliteStore) -> None:
     assert (hold.kind, hold.amount, hold.job_id, hold.model, hold.actor_id) == (EntryKind.HOLD, 10, "j1", "model-a", U)
 
 
-async def test_hold_refused_writes_nothing_and_reports_figures(store: SqliteStore) -> None:
+async def test_hold_refused_writes_nothing_and_reports_figures(store: Store) -> None:
     limits = HoldLimits(allowance=25, period_start=0.0)
     await store.create_job_with_hold(new_job("j1"), limits, now=NOW)  # 10 held
     await store.create_job_with_hold(new_job("j2"), limits, now=NOW)  # 20 held
@@ -118,7 +127,7 @@ async def test_hold_refused_writes_nothing_and_reports_figures(store: SqliteStor
     assert await store.get_job("j4") is None
 
 
-async def test_free_job_needs_no_credits(store: SqliteStore) -> None:
+async def test_free_job_needs_no_credits(store: Store) -> None:
     await store.add_adjustment(G, U, EntryKind.DEDUCT, 50, actor_id=ADMIN, reason="x", now=NOW)
     job = await store.create_job_with_hold(new_job("free", price=0), HoldLimits(allowance=0, period_start=0), now=NOW)
     assert job.hold_amount == 0
@@ -127,7 +136,7 @@ async def test_free_job_needs_no_credits(store: SqliteStore) -> None:
     assert [e.kind for e in await store.ledger_entries(G, 0, NOW + 1)] == [EntryKind.DEDUCT]
 
 
-async def test_duplicate_job_id_fails_only_that_caller(store: SqliteStore) -> None:
+async def test_duplicate_job_id_fails_only_that_caller(store: Store) -> None:
     await store.create_job_with_hold(new_job("dup"), UNLIMITED, now=NOW)
     results = await asyncio.gather(
         *(store.create_job_with_hold(new_job(f"ok{i}"), UNLIMITED, now=NOW) for i in range(5)),
@@ -140,7 +149,7 @@ async def test_duplicate_job_id_fails_only_that_caller(store: SqliteStore) -> No
     assert totals.held == 60  # the duplicate held nothing more
 
 
-async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: SqliteStore) -> None:
+async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1", count=4, price=5), UNLIMITED, now=NOW)
     done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=3, now=NOW + 5)
     assert done is not None
@@ -154,7 +163,7 @@ async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: 
     assert await store.member_totals(G, U, 0.0) == MemberTotals(granted=0, captured=15, held=0)
 
 
-async def test_finish_job_is_exactly_once(store: SqliteStore) -> None:
+async def test_finish_job_is_exactly_once(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     failed = await store.finish_job("j1", JobStatus.FAILED, error_key="error.upstream", error_detail="502", now=NOW)
     assert failed is not None and failed.charged == 0 and failed.error_key == "error.upstream"
@@ -166,12 +175,12 @@ async def test_finish_job_is_exactly_once(store: SqliteStore) -> None:
     assert (await store.get_job("j1")).status is JobStatus.FAILED  # type: ignore[union-attr]
 
 
-async def test_finish_job_rejects_non_terminal_status(store: SqliteStore) -> None:
+async def test_finish_job_rejects_non_terminal_status(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.finish_job("j1", JobStatus.POLLING, now=NOW)
 
 
-async def test_update_job_compare_and_set(store: SqliteStore) -> None:
+async def test_update_job_compare_and_set(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     assert await store.update_job("j1", expect=[JobStatus.POLLING], status=JobStatus.DELIVERING) is None
     moved = await store.update_job(
@@ -202,7 +211,35 @@ async def test_update_job_compare_and_set(store: SqliteStore) -> None:
     assert await store.update_job("missing", operation_id="x") is None
 
 
-async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
+async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: Store) -> None:
+    await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
+    await store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING)
+    assert await store.finish_job("j1", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW) is None
+    job = await store.get_job("j1")
+    assert job is not None and job.status == JobStatus.SUBMITTING, "claimed: not settled by the cancel"
+    assert (await store.member_totals(G, U, 0)).held == job.hold_amount
+    await store.create_job_with_hold(new_job("j2"), UNLIMITED, now=NOW)
+    cancelled = await store.finish_job("j2", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW)
+    assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
+
+
+async def test_queue_limits_hold_under_a_burst(store: Store) -> None:
+    limits = HoldLimits(allowance=None, period_start=0.0, max_member_jobs=2, max_guild_jobs=3)
+    burst = [new_job(f"m{i}", user_id=U) for i in range(5)] + [new_job(f"o{i}", user_id=U + 1 + i) for i in range(5)]
+    results = await asyncio.gather(
+        *(store.create_job_with_hold(job, limits, now=NOW) for job in burst), return_exceptions=True
+    )
+    held = [r for r in results if isinstance(r, JobRecord)]
+    assert len(held) == 3, "the server's limit"
+    assert sum(1 for r in held if r.user_id == U) <= 2, "the member's limit"
+    refusals = [r for r in results if not isinstance(r, JobRecord)]
+    assert all(isinstance(r, (TooManyJobsError, ServerQueueFullError)) for r in refusals), refusals
+    assert len(await store.active_jobs()) == 3, "a refused request writes nothing"
+    await store.finish_job(held[0].id, JobStatus.CANCELLED, now=NOW)  # a finished job frees its place
+    assert await store.create_job_with_hold(new_job("late", user_id=U + 9), limits, now=NOW)
+
+
+async def test_update_job_race_has_one_winner(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     results = await asyncio.gather(
         *(store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING) for _ in range(10))
@@ -210,7 +247,7 @@ async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
     assert sum(r is not None for r in results) == 1
 
 
-async def test_active_and_recent_jobs(store: SqliteStore) -> None:
+async def test_active_and_recent_jobs(store: Store) -> None:
     for i in range(3):
         await store.create_job_with_hold(new_job(f"j{i}"), UNLIMITED, now=NOW + i)
     await store.create_job_with_hold(new_job("other", user_id=U + 1), UNLIMITED, now=NOW + 10)
@@ -219,7 +256,7 @@ async def test_active_and_recent_jobs(store: SqliteStore) -> None:
     assert [j.id for j in await store.recent_jobs(G, U, 2)] == ["j2", "j1"]
 
 
-async def test_cancelled_caller_still_settles(store: SqliteStore) -> None:
+async def test_cancelled_caller_still_settles(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     task = asyncio.ensure_future(store.finish_job("j1", JobStatus.DELIVERED, delivered_count=1, now=NOW))
     await asyncio.sleep(0)  # submitted
@@ -235,7 +272,7 @@ async def test_cancelled_caller_still_settles(store: SqliteStore) -> None:
 # --- sums and reports ------------------------------------------------------------------------------------
 
 
-async def test_sums_and_reports(store: SqliteStore) -> None:
+async def test_sums_and_reports(store: Store) -> None:
     await store.add_adjustment(G, U, EntryKind.GRANT, 40, actor_id=ADMIN, reason="event", now=NOW)
     await store.add_adjustment(G, U, EntryKind.DEDUCT, 15, actor_id=ADMIN, reason="abuse", now=NOW)
     await store.add_adjustment(G, U, EntryKind.GRANT, 1000, actor_id=ADMIN, reason="old", now=NOW - 1000)
@@ -256,7 +293,7 @@ async def test_sums_and_reports(store: SqliteStore) -> None:
     assert [e.kind for e in window] == [EntryKind.GRANT, EntryKind.DEDUCT, EntryKind.HOLD, EntryKind.HOLD]
 
 
-async def test_add_adjustment_validates_and_audits(store: SqliteStore) -> None:
+async def test_add_adjustment_validates_and_audits(store: Store) -> None:
     entry = await store.add_adjustment(G, U, EntryKind.GRANT, 7, actor_id=ADMIN, reason="thanks", now=NOW)
     assert (entry.kind, entry.amount, entry.actor_id, entry.reason) == (EntryKind.GRANT, 7, ADMIN, "thanks")
     assert (await store.ledger_entries(G, 0, NOW + 1)) == [entry]
@@ -271,7 +308,7 @@ async def test_add_adjustment_validates_and_audits(store: SqliteStore) -> None:
 # --- policy, allowances, audit, moderation, small state ---------------------------------------------------
 
 
-async def test_policy_defaults_and_updates_are_audited(store: SqliteStore) -> None:
+async def test_policy_defaults_and_updates_are_audited(store: Store) -> None:
     assert await store.get_policy(G) == GuildPolicy(guild_id=G)
     policy = await store.update_policy(
         G,
@@ -305,7 +342,7 @@ async def test_policy_defaults_and_updates_are_audited(store: SqliteStore) -> No
     assert await store.get_policy(G + 1) == GuildPolicy(guild_id=G + 1)
 
 
-async def test_role_and_member_allowances_are_audited(store: SqliteStore) -> None:
+async def test_role_and_member_allowances_are_audited(store: Store) -> None:
     await store.set_role_allowance(G, 1, Allowance(100, "week"), actor_id=ADMIN, now=NOW)
     await store.set_role_allowance(G, 2, Allowance(None, "unlimited"), actor_id=ADMIN, now=NOW)
     await store.set_role_allowance(G, 1, Allowance(120, "week"), actor_id=ADMIN, now=NOW)
@@ -322,7 +359,7 @@ async def test_role_and_member_allowances_are_audited(store: SqliteStore) -> Non
     assert len(await store.recent_audit(G, 2)) == 2
 
 
-async def test_allowance_context_matches_the_separate_reads(store: SqliteStore) -> None:
+async def test_allowance_context_matches_the_separate_reads(store: Store) -> None:
     assert await store.allowance_context(G, U) == (None, {}, GuildPolicy(guild_id=G))
     await store.update_policy(G, actor_id=ADMIN, now=NOW, timezone="Asia/Tokyo", budget=Allowance(9, "day"))
     await store.set_model_rule(G, "model-a", False, actor_id=ADMIN, now=NOW)
@@ -335,7 +372,7 @@ async def test_allowance_context_matches_the_separate_reads(store: SqliteStore) 
     assert (await store.allowance_context(G, U + 1))[0] is None
 
 
-async def test_blocked_terms_are_audited(store: SqliteStore) -> None:
+async def test_blocked_terms_are_audited(store: Store) -> None:
     term = await store.add_blocked_term(G, r"\bgore\b", True, actor_id=ADMIN, now=NOW)
     other = await store.add_blocked_term(G, "spoiler", False, actor_id=ADMIN, now=NOW)
     assert await store.blocked_terms(G) == [term, other]
@@ -349,7 +386,20 @@ async def test_blocked_terms_are_audited(store: SqliteStore) -> None:
     assert audit[0].detail["term_id"] == term.id and audit[-1].detail["term_id"] == term.id
 
 
-async def test_durations_keep_the_newest(store: SqliteStore) -> None:
+async def test_the_blocklist_version_changes_with_every_change_and_only_then(store: Store) -> None:
+    assert await store.blocklist_version(G) == 0
+    term = await store.add_blocked_term(G, "gore", False, actor_id=ADMIN, now=NOW)
+    assert term is not None
+    after_add = await store.blocklist_version(G)
+    assert after_add != 0 and await store.blocklist_version(G + 1) == 0
+    assert await store.remove_blocked_term(G, term.id + 99, actor_id=ADMIN, now=NOW) is False
+    assert await store.add_blocked_term(G, "x", False, actor_id=ADMIN, now=NOW, max_terms=1) is None
+    assert await store.blocklist_version(G) == after_add, "a refused change is no change"
+    assert await store.remove_blocked_term(G, term.id, actor_id=ADMIN, now=NOW)
+    assert await store.blocklist_version(G) not in (0, after_add)
+
+
+async def test_durations_keep_the_newest(store: Store) -> None:
     for i in range(DURATIONS_KEPT_PER_MODEL + 20):
         await store.record_duration("model-a", float(i), now=NOW + i)
     await store.record_duration("model-b", 3.5, now=NOW)
@@ -358,7 +408,7 @@ async def test_durations_keep_the_newest(store: SqliteStore) -> None:
     assert await store.recent_durations("model-b", 5) == [3.5]
 
 
-async def test_meta(store: SqliteStore) -> None:
+async def test_meta(store: Store) -> None:
     assert await store.get_meta("k") is None
     await store.set_meta("k", "1")
     await store.set_meta("k", "2")
@@ -395,7 +445,7 @@ async def test_two_stores_on_one_database_never_overspend(shared_stores: tuple[S
 # --- running totals (migration 0002) ------------------------------------------------------------------------
 
 
-async def test_period_sums_are_exact_for_any_period_start(store: SqliteStore) -> None:
+async def test_period_sums_are_exact_for_any_period_start(store: Store) -> None:
     rng = random.Random(7)
     base = 1_700_000_123.25  # not on a 15-minute boundary
     aligned = 1_700_001_000.0  # a 15-minute boundary: lines at it and just after it are edge cases
@@ -444,3 +494,72 @@ async def test_later_migration_backfills_an_existing_database(tmp_path: Path) ->
         assert [r[0] for r in db.execute("SELECT version FROM schema_version ORDER BY 1")] == [
             v for v, _, _ in _load_migrations()
         ]
+
+
+async def test_settlement_never_captures_more_than_was_asked(store: Store) -> None:
+    await store.create_job_with_hold(new_job("j1", count=2, price=5), UNLIMITED, now=NOW)
+    done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=5, now=NOW)
+    assert done is not None and done.delivered_count == 2 and done.charged == 10
+    captured = [e for e in await store.ledger_entries(G, 0, 1e12) if e.kind == EntryKind.CAPTURE]
+    assert [e.amount for e in captured] == [10]
+
+
+async def test_a_period_starting_inside_a_bucket_counts_its_first_lines(store: Store) -> None:
+    # The period starts 100 s into a 15-minute bucket; 40 credits were spent before the bucket ends.
+    start = 900 * 1000 + 100
+    limits = HoldLimits(allowance=50, period_start=start)
+    await store.create_job_with_hold(new_job("spent", count=1, price=40), limits, now=start + 10)
+    await store.finish_job("spent", JobStatus.DELIVERED, delivered_count=1, now=start + 20)
+    with pytest.raises(InsufficientCreditsError) as refused:
+        await store.create_job_with_hold(new_job("more", count=1, price=20), limits, now=start + 30)
+    assert refused.value.params["available"] == 10
+# --- issue 13: saved defaults, styles, channel rules, spoilers, job provenance ----------------------------
+
+
+async def test_member_defaults_are_per_member_and_server_and_can_be_forgotten(store: Store) -> None:
+    assert await store.member_defaults(G, U) == {}
+    await store.set_member_defaults(G, U, {"model": "m", "count": 2}, now=NOW)
+    await store.set_member_defaults(G, U, {"model": "n"}, now=NOW + 1)  # replaces
+    assert await store.member_defaults(G, U) == {"model": "n"}
+    assert await store.member_defaults(G + 1, U) == {} and await store.member_defaults(G, U + 1) == {}
+    await store.set_member_defaults(G, U, None, now=NOW + 2)
+    assert await store.member_defaults(G, U) == {}
+
+
+async def test_styles_are_put_replaced_and_removed_with_audit(store: Store) -> None:
+    await store.put_style(G, "noir", "{prompt}, noir", actor_id=ADMIN, now=NOW)
+    await store.put_style(G, "noir", "{prompt}, film noir", actor_id=ADMIN, now=NOW + 1)
+    await store.put_style(G, "anime", "{prompt}, anime", actor_id=ADMIN, now=NOW + 2)
+    assert [(s.name, s.template) for s in await store.styles(G)] == [
+        ("anime", "{prompt}, anime"),
+        ("noir", "{prompt}, film noir"),
+    ]
+    assert await store.styles(G + 1) == []
+    assert await store.remove_style(G, "noir", actor_id=ADMIN, now=NOW + 3)
+    assert not await store.remove_style(G, "noir", actor_id=ADMIN, now=NOW + 4)
+    actions = [e.action for e in await store.recent_audit(G, 10)]
+    assert actions == ["style.remove", "style.put", "style.put", "style.put"]
+
+
+async def test_channel_rules_change_only_when_something_changes(store: Store) -> None:
+    assert await store.allowed_channels(G) == []
+    assert await store.set_channel_allowed(G, 7, True, actor_id=ADMIN, now=NOW)
+    assert not await store.set_channel_allowed(G, 7, True, actor_id=ADMIN, now=NOW)
+    assert await store.set_channel_allowed(G, 5, True, actor_id=ADMIN, now=NOW)
+    assert await store.allowed_channels(G) == [5, 7]
+    assert await store.set_channel_allowed(G, 7, False, actor_id=ADMIN, now=NOW)
+    assert not await store.set_channel_allowed(G, 7, False, actor_id=ADMIN, now=NOW)
+    assert await store.allowed_channels(G) == [5]
+    assert [e.action for e in await store.recent_audit(G, 10)] == ["channel.disallow", "channel.allow", "channel.allow"]
+
+
+async def test_spoiler_mode_and_job_provenance_are_stored(store: Store) -> None:
+    assert (await store.get_policy(G)).spoiler_mode == "off"
+    policy = await store.update_policy(G, actor_id=ADMIN, now=NOW, spoiler_mode="outside_nsfw")
+    assert policy.spoiler_mode == "outside_nsfw" == (await store.get_policy(G)).spoiler_mode
+    record = await store.create_job_with_hold(
+        new_job("a" * 32, style="noir", remix_of="b" * 32, spoiler=True), UNLIMITED, now=NOW
+    )
+    stored = await store.get_job(record.id)
+    assert stored is not None and (stored.style, stored.remix_of, stored.spoiler) == ("noir", "b" * 32, True)
+    assert (record.style, record.remix_of, record.spoiler) == ("noir", "b" * 32, True)

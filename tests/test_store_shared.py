@@ -7,7 +7,12 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import (
+    BudgetExhaustedError,
+    DefaultModelDisabledError,
+    InsufficientCreditsError,
+    ModelDisabledError,
+)
 from bot.ledger import Ledger
 from bot.store.base import Store
 from bot.store.records import Allowance, EntryKind, JobStatus, NewJob, RunLimits
@@ -185,3 +190,30 @@ def _unlimited():  # type: ignore[no-untyped-def]
     from bot.store.records import HoldLimits
 
     return HoldLimits(allowance=None, period_start=0.0)
+
+
+async def test_a_full_blocklist_is_never_overfilled_by_two_stores(shared_stores: tuple[Store, Store]) -> None:
+    # The count and the insert are one statement, and under PostgreSQL one at a time per server.
+    adds = [
+        shared_stores[i % 2].add_blocked_term(G, f"word{i}", False, actor_id=ADMIN, now=NOW, max_terms=3)
+        for i in range(20)
+    ]
+    added = [term for term in await asyncio.gather(*adds) if term is not None]
+    assert len(added) == 3 and len(await shared_stores[0].blocked_terms(G)) == 3
+    assert len([e for e in await shared_stores[1].recent_audit(G, 50) if e.action == "blocked_term.add"]) == 3
+
+
+async def test_the_default_model_and_its_denial_never_both_pass(shared_stores: tuple[Store, Store]) -> None:
+    # One store makes a model the default while the other denies it: one of the two must be refused.
+    first, second = shared_stores
+    for round_ in range(20):
+        model = f"model-{round_}"
+        outcomes = await asyncio.gather(
+            first.update_policy(G, actor_id=ADMIN, now=NOW, default_model=model),
+            second.set_model_rule(G, model, False, actor_id=ADMIN, now=NOW),
+            return_exceptions=True,
+        )
+        refused = [o for o in outcomes if isinstance(o, ModelDisabledError | DefaultModelDisabledError)]
+        assert len(refused) == 1, outcomes
+    policy = await first.get_policy(G)
+    assert policy.default_model is None or policy.is_model_allowed(policy.default_model)

@@ -20,6 +20,7 @@ from bot.store.records import (
     AuditEntry,
     BlockedTerm,
     EntryKind,
+    GuildOps,
     GuildPolicy,
     HoldLimits,
     JobRecord,
@@ -29,6 +30,8 @@ from bot.store.records import (
     NewJob,
     ProcessRecord,
     RunLimits,
+    SpendLine,
+    Style,
 )
 
 
@@ -73,10 +76,17 @@ class Store(ABC):
         In one transaction: the member's available credits (limits.allowance + granted − captured since
         limits.period_start − all active holds) must cover the hold, unless the allowance is unlimited;
         and the server's spend (captured since limits.budget_period_start + active holds) plus the hold
-        must stay within limits.budget, when there is one. Raises `InsufficientCreditsError(needed,
-        available)` or `BudgetExhaustedError(needed, remaining)` and writes nothing when either fails,
-        and `DuplicateJobError` for a job id already used. Concurrent calls, from any number of tasks or
-        processes sharing the database, can never overspend.
+        must stay within limits.budget, when there is one; and the member's and the server's jobs
+        queued or running (their held holds) must stay under limits.max_member_jobs and
+        limits.max_guild_jobs. The operator's caps, when set, are guarded in the same statement: the whole
+        bot's spend since limits.bot_day_start / bot_month_start plus the hold within bot_daily_cap /
+        bot_monthly_cap; the server's spend since guild_cap_start within guild_cap; and with
+        require_approval, the server must be approved (`set_guild_ops`). Raises, widest limit first,
+        `GuildNotApprovedError`, `BotDailyCapError`, `BotMonthlyCapError`, `ServerCapReachedError(needed,
+        remaining)`, `TooManyJobsError(limit)`, `ServerQueueFullError(limit)`, `InsufficientCreditsError(needed,
+        available)` or `BudgetExhaustedError(needed, remaining)`, and writes nothing when any fails;
+        `DuplicateJobError` for a job id already used. Concurrent calls, from any number of tasks or
+        processes sharing the database, can never overspend nor overfill the queue.
         """
 
     @abstractmethod
@@ -88,13 +98,16 @@ class Store(ABC):
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
         now: float,
     ) -> JobRecord | None:
         """Move a job to a terminal status and settle its hold, exactly once, in one transaction.
 
         DELIVERED captures `delivered_count × price` and releases the rest; FAILED and CANCELLED release
-        it all. Returns the updated record, or None when the job was already terminal (a second call is
-        a no-op: nothing is captured or released twice).
+        it all. The interaction token is cleared (a secret kept no longer than the job). Returns the
+        updated record, or None when the job was already terminal (a second call is a no-op: nothing is
+        captured or released twice) or, with `expect`, not in that status: the compare-and-set of a
+        cancel that must not settle a job the dispatcher has just claimed.
         """
 
     @abstractmethod
@@ -104,6 +117,14 @@ class Store(ABC):
     @abstractmethod
     async def server_spend(self, guild_id: int, period_start: float) -> int:
         """The server's captured credits since `period_start` plus its active holds."""
+
+    @abstractmethod
+    async def bot_spend(self, period_start: float) -> int:
+        """Every server's captured credits since `period_start` plus all active holds (the operator's caps)."""
+
+    @abstractmethod
+    async def spend_by_guild_and_model(self, start: float) -> list[SpendLine]:
+        """Captured credits since `start` per (server, model), largest first (the operator's report)."""
 
     @abstractmethod
     async def add_adjustment(
@@ -234,13 +255,27 @@ class Store(ABC):
 
         `changes` are GuildPolicy field names (timezone, default_allowance, budget, default_model,
         quote_threshold, models_allowed_by_default); `model_rules` changes go through `set_model_rule`.
+        A new `default_model` must be allowed on the server, checked in the same transaction (else
+        `ModelDisabledError`, nothing written), so that a concurrent `set_model_rule` cannot leave the
+        default disabled.
         """
 
     @abstractmethod
     async def set_model_rule(
-        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+        self,
+        guild_id: int,
+        model: str,
+        allowed: bool | None,
+        *,
+        actor_id: int,
+        now: float,
+        fallback_default: str | None = None,
     ) -> GuildPolicy:
-        """Allow or deny one model on a server (None removes the rule), audited."""
+        """Allow or deny one model on a server (None removes the rule), audited.
+
+        A model that the server's default model (or `fallback_default` when it has none) names cannot be
+        denied: `DefaultModelDisabledError`, nothing written, checked in the same transaction as the write.
+        """
 
     @abstractmethod
     async def role_allowances(self, guild_id: int) -> dict[int, Allowance]:
@@ -284,9 +319,75 @@ class Store(ABC):
     async def blocked_terms(self, guild_id: int) -> list[BlockedTerm]: ...
 
     @abstractmethod
+    async def blocklist_version(self, guild_id: int) -> int:
+        """A number that changes whenever the server's blocked terms change (0 before the first change)."""
+
+    @abstractmethod
     async def add_blocked_term(
-        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float
-    ) -> BlockedTerm: ...
+        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float, max_terms: int | None = None
+    ) -> BlockedTerm | None:
+        """Add and audit a term; None, with nothing written, when the server already has `max_terms`."""
 
     @abstractmethod
     async def remove_blocked_term(self, guild_id: int, term_id: int, *, actor_id: int, now: float) -> bool: ...
+
+    # --- the operator's seat -------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def get_guild_ops(self, guild_id: int) -> GuildOps:
+        """What the operator set for a server (cap, approval) and its log channel; defaults when never set."""
+
+    @abstractmethod
+    async def all_guild_ops(self) -> list[GuildOps]:
+        """Every server with operator settings or a log channel, by id."""
+
+    @abstractmethod
+    async def set_guild_ops(self, guild_id: int, *, actor_id: int, now: float, **changes: Any) -> GuildOps:
+        """Change `cap` (an Allowance with an amount, or None), `approved` or `log_channel_id`, audited, in
+        one transaction."""
+
+    @abstractmethod
+    async def claim_alert(self, key: str, *, now: float) -> bool:
+        """Record that the alert `key` is being sent: True for the first caller ever, False after. One
+        atomic insert, so two tasks or processes never both send it."""
+
+    @abstractmethod
+    async def audit_after(self, guild_id: int, after_id: int, limit: int) -> list[AuditEntry]:
+        """A server's admin changes with id > `after_id`, oldest first (forwarded to its log channel)."""
+
+    @abstractmethod
+    async def job_counts(self) -> dict[JobStatus, int]:
+        """How many jobs are in each non-terminal status, across every process (the operator's fleet view)."""
+    # --- member preferences, server styles and channel rules (issue 13) ----------------------------------
+
+    @abstractmethod
+    async def member_defaults(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        """A member's saved /imagine defaults on a server (model, aspect_ratio, count, options); {} if none."""
+
+    @abstractmethod
+    async def set_member_defaults(
+        self, guild_id: int, user_id: int, defaults: dict[str, Any] | None, *, now: float
+    ) -> None:
+        """Replace a member's saved defaults; None or {} forgets them."""
+
+    @abstractmethod
+    async def styles(self, guild_id: int) -> list[Style]:
+        """A server's styles, by name."""
+
+    @abstractmethod
+    async def put_style(self, guild_id: int, name: str, template: str, *, actor_id: int, now: float) -> Style:
+        """Add a style, or replace the template of the style of that name, audited."""
+
+    @abstractmethod
+    async def remove_style(self, guild_id: int, name: str, *, actor_id: int, now: float) -> bool:
+        """Remove a style, audited; False when there was none of that name."""
+
+    @abstractmethod
+    async def allowed_channels(self, guild_id: int) -> list[int]:
+        """The channels where /imagine works on a server; empty means every channel."""
+
+    @abstractmethod
+    async def set_channel_allowed(
+        self, guild_id: int, channel_id: int, allowed: bool, *, actor_id: int, now: float
+    ) -> bool:
+        """Add (allowed) or remove a channel from the server's list, audited; False when nothing changed."""

@@ -19,7 +19,18 @@ from dataclasses import fields as dataclass_fields
 from importlib import resources
 from typing import Any, Protocol, TypeVar
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
+from bot.errors import (
+    BotDailyCapError,
+    BotMonthlyCapError,
+    BudgetExhaustedError,
+    DefaultModelDisabledError,
+    GuildNotApprovedError,
+    InsufficientCreditsError,
+    ModelDisabledError,
+    ServerCapReachedError,
+    ServerQueueFullError,
+    TooManyJobsError,
+)
 from bot.store import sql
 from bot.store.base import Store
 from bot.store.records import (
@@ -28,6 +39,7 @@ from bot.store.records import (
     AuditEntry,
     BlockedTerm,
     EntryKind,
+    GuildOps,
     GuildPolicy,
     HoldLimits,
     JobRecord,
@@ -37,6 +49,8 @@ from bot.store.records import (
     NewJob,
     ProcessRecord,
     RunLimits,
+    SpendLine,
+    Style,
 )
 
 T = TypeVar("T")
@@ -63,14 +77,26 @@ _UPDATABLE_JOB_FIELDS = frozenset(
         "error_key",
         "error_detail",
         "cancel_requested",
+        "posted_count",
         "started_at",
         "submitted_at",
         "completed_at",
     }
 )
 _POLICY_FIELDS = frozenset(
-    {"timezone", "default_allowance", "budget", "default_model", "quote_threshold", "models_allowed_by_default"}
+    {
+        "timezone",
+        "default_allowance",
+        "budget",
+        "default_model",
+        "quote_threshold",
+        "models_allowed_by_default",
+        "language",
+        "spoiler_mode",
+    }
 )
+# "No queue limit" as a count no server reaches (both databases' integers are 64-bit).
+_NO_LIMIT = 2**62
 _JOB_FIELDS = tuple(f.name for f in dataclass_fields(JobRecord))
 
 
@@ -197,6 +223,7 @@ def job_from_row(row: Row) -> JobRecord:
     values["options"] = json.loads(values["options"])
     values["status"] = JobStatus(values["status"])
     values["cancel_requested"] = bool(values["cancel_requested"])
+    values["spoiler"] = bool(values["spoiler"])
     return JobRecord(**values)
 
 
@@ -228,6 +255,40 @@ def _policy_from_row(guild_id: int, row: Row) -> GuildPolicy:
         quote_threshold=row["quote_threshold"],
         model_rules=rules,
         models_allowed_by_default=bool(row["models_allowed_by_default"]),
+        language=row["language"],
+        spoiler_mode=row["spoiler_mode"],
+    )
+
+
+def _guild_ops_from_row(guild_id: int, row: Row | None) -> GuildOps:
+    if row is None:
+        return GuildOps(guild_id=guild_id)
+    return GuildOps(
+        guild_id=guild_id,
+        cap=_allowance(row["cap_amount"], row["cap_period"]),
+        approved=bool(row["approved"]),
+        log_channel_id=row["log_channel_id"],
+    )
+
+
+def _audit_from_row(row: Row) -> AuditEntry:
+    return AuditEntry(
+        id=row["id"],
+        guild_id=row["guild_id"],
+        actor_id=row["actor_id"],
+        action=row["action"],
+        detail=json.loads(row["detail"]),
+        created_at=row["created_at"],
+    )
+
+
+def _style_from_row(row: Row) -> Style:
+    return Style(
+        guild_id=row["guild_id"],
+        name=row["name"],
+        template=row["template"],
+        created_by=row["created_by"],
+        created_at=row["created_at"],
     )
 
 
@@ -254,21 +315,26 @@ class HoldRequest:
     sql: str
     values: dict[str, Any]
     figure_values: dict[str, Any]
-    check_member: bool
-    check_budget: bool
+    guards: frozenset[str]  # the names of the guards in `sql` (sql.Queries.guards)
 
     @property
     def lock_keys(self) -> list[tuple[str, bool]]:
-        """Server first, then member: exclusive where this hold checks that limit, shared otherwise.
+        """The whole bot, then the server, then the member: exclusive where this hold checks a limit of
+        that scope, shared otherwise.
 
         A hold that checks a limit must see every hold that could count against it; a hold that does not
         check it still adds to it, so it takes the same lock shared (holds without a check never wait
-        for each other). One order for everyone: no deadlock.
+        for each other). The bot-wide caps sum every server's spend, so they need the bot-wide lock. One
+        order for everyone: no deadlock.
         """
-        job = self.job
+        job, guards, limits = self.job, self.guards, self.limits
+        bot_wide = bool(guards & {"bot_day", "bot_month"})
+        server = bool(guards & {"budget", "guild_cap"}) or ("queue" in guards and limits.max_guild_jobs is not None)
+        member = "member" in guards or ("queue" in guards and limits.max_member_jobs is not None)
         return [
-            (f"guild:{job.guild_id}", self.check_budget),
-            (f"member:{job.guild_id}:{job.user_id}", self.check_member),
+            ("bot", bot_wide),
+            (f"guild:{job.guild_id}", server),
+            (f"member:{job.guild_id}:{job.user_id}", member),
         ]
 
     def record(self) -> JobRecord:
@@ -283,15 +349,31 @@ class HoldRequest:
         )
 
     def refusal(self, figures: Row | None) -> Exception:
-        """The error a refused hold raises, with the figures its member and server are at."""
+        """The error a refused hold raises, with the figures its member and server are at; a RuntimeError
+        when no limit explains the refusal (the figures show room)."""
         amount = self.values["amount"]
         if figures is None:
             return RuntimeError(f"hold for job {self.values['id']}: no figures for a refused hold")
-        available, spent = figures[0], figures[1]
-        if self.check_member and available < amount:
+        limits, guards = self.limits, self.guards
+        # The widest limit first: a member refused by the bot's cap is told so, not that they are short.
+        if "approved" in guards and not figures["approved"]:
+            return GuildNotApprovedError()
+        daily, monthly, cap = limits.bot_daily_cap, limits.bot_monthly_cap, limits.guild_cap
+        if "bot_day" in guards and daily is not None and figures["bot_day_spent"] + amount > daily:
+            return BotDailyCapError()
+        if "bot_month" in guards and monthly is not None and figures["bot_month_spent"] + amount > monthly:
+            return BotMonthlyCapError()
+        if "guild_cap" in guards and cap is not None and figures["cap_spent"] + amount > cap:
+            return ServerCapReachedError(needed=amount, remaining=max(cap - figures["cap_spent"], 0))
+        if limits.max_member_jobs is not None and figures["member_jobs"] >= limits.max_member_jobs:
+            return TooManyJobsError(limit=limits.max_member_jobs)
+        if limits.max_guild_jobs is not None and figures["guild_jobs"] >= limits.max_guild_jobs:
+            return ServerQueueFullError(limit=limits.max_guild_jobs)
+        available, spent = figures["available"], figures["spent"]
+        if "member" in guards and available < amount:
             return InsufficientCreditsError(needed=amount, available=max(available, 0))
-        budget = self.limits.budget
-        if self.check_budget and budget is not None and spent + amount > budget:
+        budget = limits.budget
+        if "budget" in guards and budget is not None and spent + amount > budget:
             return BudgetExhaustedError(needed=amount, remaining=max(budget - spent, 0))
         return RuntimeError(f"hold for job {self.values['id']} refused but no limit explains it")
 
@@ -338,40 +420,59 @@ class SqlStore(Store):
         if job.count < 1 or job.price < 0:
             raise ValueError(f"a job needs count >= 1 and price >= 0 (got {job.count}, {job.price})")
         amount = job.hold_amount
-        # A free job needs no credits; otherwise guard only on the limits that exist, so that a server
-        # without a budget never pays for summing its spend.
-        check_member = limits.allowance is not None and amount > 0
-        check_budget = limits.budget is not None and amount > 0
+        # A free job needs no credits (but takes a place in the queue); otherwise guard only on the
+        # limits that exist, so that a server without a budget never pays for summing its spend.
+        paid = amount > 0
+        guards = frozenset(
+            name
+            for name, on in (
+                ("approved", limits.require_approval),
+                ("bot_day", paid and limits.bot_daily_cap is not None),
+                ("bot_month", paid and limits.bot_monthly_cap is not None),
+                ("guild_cap", paid and limits.guild_cap is not None),
+                ("queue", limits.max_member_jobs is not None or limits.max_guild_jobs is not None),
+                ("member", paid and limits.allowance is not None),
+                ("budget", paid and limits.budget is not None),
+            )
+            if on
+        )
         values: dict[str, Any] = {name: getattr(job, name) for name in sql.NEW_JOB_FIELDS}
         values.update(
             params=dump(job.params),
             options=dump(job.options),
+            spoiler=int(bool(job.spoiler)),
             amount=amount,
             now=now,
         )
-        limit_values = {
+        limit_values: dict[str, Any] = {
             "allowance": limits.allowance,
             "period_start": limits.period_start,
-            "period_bucket": sql.bucket_after(limits.period_start),
             "budget": limits.budget,
             "budget_start": limits.budget_period_start,
-            "budget_bucket": sql.bucket_after(limits.budget_period_start),
+            "max_member_jobs": _NO_LIMIT if limits.max_member_jobs is None else limits.max_member_jobs,
+            "max_guild_jobs": _NO_LIMIT if limits.max_guild_jobs is None else limits.max_guild_jobs,
+            "guild_cap": limits.guild_cap,
+            "cap_start": limits.guild_cap_start,
+            "bot_daily_cap": limits.bot_daily_cap,
+            "bot_day_start": limits.bot_day_start,
+            "bot_monthly_cap": limits.bot_monthly_cap,
+            "bot_month_start": limits.bot_month_start,
         }
-        hold_sql = self.queries.hold(check_member=check_member, check_budget=check_budget)
+        for prefix in ("period", "budget", "cap", "bot_day", "bot_month"):
+            limit_values[f"{prefix}_bucket"] = sql.bucket_after(limit_values[f"{prefix}_start"])
         figure_names = ("id", "guild_id", "user_id", "amount")
         return await self._hold(
             HoldRequest(
                 job=job,
                 limits=limits,
-                sql=hold_sql,
+                sql=self.queries.hold(sorted(guards, key=list(self.queries.guards).index)),
                 values={**values, **limit_values},
                 figure_values={
                     **{name: values[name] for name in figure_names},
                     **limit_values,
                     "allowance": limits.allowance or 0,
                 },
-                check_member=check_member,
-                check_budget=check_budget,
+                guards=guards,
             )
         )
 
@@ -383,6 +484,7 @@ class SqlStore(Store):
         delivered_count: int = 0,
         error_key: str | None = None,
         error_detail: str | None = None,
+        expect: JobStatus | None = None,
         now: float,
     ) -> JobRecord | None:
         status = JobStatus(status)
@@ -396,6 +498,7 @@ class SqlStore(Store):
             "delivered": delivered_count if status is JobStatus.DELIVERED else 0,
             "error_key": error_key,
             "error_detail": error_detail,
+            "expect": None if expect is None else JobStatus(expect).value,
             "now": now,
         }
         return await self._finish(values)
@@ -419,6 +522,17 @@ class SqlStore(Store):
             {"guild_id": guild_id, "budget_start": period_start, "budget_bucket": sql.bucket_after(period_start)},
         )
         return int(rows[0][0])
+
+    async def bot_spend(self, period_start: float) -> int:
+        rows = await self._read(
+            f"SELECT {self.queries.bot_spend}",
+            {"bot_day_start": period_start, "bot_day_bucket": sql.bucket_after(period_start)},
+        )
+        return int(rows[0][0])
+
+    async def spend_by_guild_and_model(self, start: float) -> list[SpendLine]:
+        rows = await self._read(sql.SPEND_BY_GUILD_AND_MODEL, {"start": start})
+        return [SpendLine(int(row[0]), row[1], int(row[2])) for row in rows]
 
     async def add_adjustment(
         self,
@@ -518,6 +632,10 @@ class SqlStore(Store):
         )
         rows = await self._single(statement, {**values, "job_id": job_id, **statuses})
         return job_from_row(rows[0]) if rows else None
+
+    async def job_counts(self) -> dict[JobStatus, int]:
+        rows = await self._read(sql.JOB_COUNTS, {})
+        return {JobStatus(row[0]): int(row[1]) for row in rows}
 
     async def active_jobs(self) -> list[JobRecord]:
         rows = await self._read(sql.ACTIVE_JOBS, {})
@@ -639,24 +757,37 @@ class SqlStore(Store):
             else:
                 columns[name] = detail[name] = value
         columns["updated_at"] = now
-        names = ", ".join(columns)
-        marks = ", ".join(":" + name for name in columns)
-        updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
-        upsert = (
-            f"INSERT INTO guild_policy (guild_id, {names}) VALUES (:guild_id, {marks})"
-            f" ON CONFLICT (guild_id) DO UPDATE SET {updates}"
-        )
+        upsert = _upsert("guild_policy", ("guild_id",), columns)
+
+        new_default = changes.get("default_model")
 
         async def body(tx: Tx) -> GuildPolicy:
+            if new_default is not None:
+                # Checked under the server's policy lock, which set_model_rule takes too: a rule denying
+                # the model cannot land between this check and the write.
+                await tx.lock([(f"policy:{guild_id}", True)])
+                if not (await self._policy_in(tx, guild_id)).is_model_allowed(new_default):
+                    raise ModelDisabledError(model=new_default)
             await tx.fetch(upsert, {"guild_id": guild_id, **columns})
             await self._audit(tx, guild_id, actor_id, "policy.update", detail, now)
-            rows = await tx.fetch(self.queries.get_policy, {"guild_id": guild_id})
-            return _policy_from_row(guild_id, rows[0])
+            return await self._policy_in(tx, guild_id)
 
         return await self._write(body)
 
+    async def _policy_in(self, tx: Tx, guild_id: int) -> GuildPolicy:
+        """The policy as the transaction `tx` sees it (for checks that must not race)."""
+        rows = await tx.fetch(self.queries.get_policy, {"guild_id": guild_id})
+        return _policy_from_row(guild_id, rows[0])
+
     async def set_model_rule(
-        self, guild_id: int, model: str, allowed: bool | None, *, actor_id: int, now: float
+        self,
+        guild_id: int,
+        model: str,
+        allowed: bool | None,
+        *,
+        actor_id: int,
+        now: float,
+        fallback_default: str | None = None,
     ) -> GuildPolicy:
         statement = sql.DELETE_MODEL_RULE if allowed is None else sql.UPSERT_MODEL_RULE
         args: dict[str, Any] = {"guild_id": guild_id, "model": model}
@@ -665,10 +796,14 @@ class SqlStore(Store):
         detail = {"model": model, "allowed": allowed}
 
         async def body(tx: Tx) -> GuildPolicy:
+            if allowed is False:
+                await tx.lock([(f"policy:{guild_id}", True)])  # see update_policy
+                current = await self._policy_in(tx, guild_id)
+                if model == (current.default_model or fallback_default):
+                    raise DefaultModelDisabledError(model=model)
             await tx.fetch(statement, args)
             await self._audit(tx, guild_id, actor_id, "policy.model_rule", detail, now)
-            rows = await tx.fetch(self.queries.get_policy, {"guild_id": guild_id})
-            return _policy_from_row(guild_id, rows[0])
+            return await self._policy_in(tx, guild_id)
 
         return await self._write(body)
 
@@ -721,17 +856,11 @@ class SqlStore(Store):
 
     async def recent_audit(self, guild_id: int, limit: int) -> list[AuditEntry]:
         rows = await self._read(sql.RECENT_AUDIT, {"guild_id": guild_id, "limit": limit})
-        return [
-            AuditEntry(
-                id=row["id"],
-                guild_id=row["guild_id"],
-                actor_id=row["actor_id"],
-                action=row["action"],
-                detail=json.loads(row["detail"]),
-                created_at=row["created_at"],
-            )
-            for row in rows
-        ]
+        return [_audit_from_row(row) for row in rows]
+
+    async def audit_after(self, guild_id: int, after_id: int, limit: int) -> list[AuditEntry]:
+        rows = await self._read(sql.AUDIT_AFTER, {"guild_id": guild_id, "after_id": after_id, "limit": limit})
+        return [_audit_from_row(row) for row in rows]
 
     @staticmethod
     async def _audit(tx: Tx, guild_id: int, actor_id: int, action: str, detail: dict[str, Any], now: float) -> None:
@@ -754,19 +883,37 @@ class SqlStore(Store):
             for row in rows
         ]
 
-    async def add_blocked_term(
-        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float
-    ) -> BlockedTerm:
-        values = {"guild_id": guild_id, "pattern": pattern, "is_regex": int(bool(is_regex)), "actor_id": actor_id}
+    async def blocklist_version(self, guild_id: int) -> int:
+        rows = await self._read(sql.BLOCKLIST_VERSION, {"guild_id": guild_id})
+        return int(rows[0][0]) if rows else 0
 
-        async def body(tx: Tx) -> int:
-            rows = await tx.fetch(sql.ADD_BLOCKED_TERM, {**values, "now": now})
+    async def add_blocked_term(
+        self, guild_id: int, pattern: str, is_regex: bool, *, actor_id: int, now: float, max_terms: int | None = None
+    ) -> BlockedTerm | None:
+        values = {
+            "guild_id": guild_id,
+            "pattern": pattern,
+            "is_regex": int(bool(is_regex)),
+            "actor_id": actor_id,
+            "max_terms": -1 if max_terms is None else max_terms,
+            "now": now,
+        }
+
+        async def body(tx: Tx) -> int | None:
+            if max_terms is not None:
+                await tx.lock([(f"blocklist:{guild_id}", True)])  # the count and the insert, one at a time
+            rows = await tx.fetch(sql.ADD_BLOCKED_TERM, values)
+            if not rows:
+                return None
             term_id = int(rows[0][0])
             detail = {"pattern": pattern, "is_regex": bool(is_regex), "term_id": term_id}
             await self._audit(tx, guild_id, actor_id, "blocked_term.add", detail, now)
+            await tx.fetch(sql.BUMP_BLOCKLIST, {"guild_id": guild_id})
             return term_id
 
         term_id = await self._write(body)
+        if term_id is None:
+            return None
         return BlockedTerm(
             id=term_id, guild_id=guild_id, pattern=pattern, is_regex=bool(is_regex), created_by=actor_id, created_at=now
         )
@@ -778,6 +925,119 @@ class SqlStore(Store):
                 return False
             detail = {"term_id": term_id, "pattern": rows[0][0], "is_regex": bool(rows[0][1])}
             await self._audit(tx, guild_id, actor_id, "blocked_term.remove", detail, now)
+            await tx.fetch(sql.BUMP_BLOCKLIST, {"guild_id": guild_id})
             return True
 
         return await self._write(body)
+
+    # --- the operator's seat -------------------------------------------------------------------------------
+
+    async def get_guild_ops(self, guild_id: int) -> GuildOps:
+        rows = await self._read(sql.GET_GUILD_OPS, {"guild_id": guild_id})
+        return _guild_ops_from_row(guild_id, rows[0] if rows else None)
+
+    async def all_guild_ops(self) -> list[GuildOps]:
+        rows = await self._read(sql.ALL_GUILD_OPS, {})
+        return [_guild_ops_from_row(int(row["guild_id"]), row) for row in rows]
+
+    async def set_guild_ops(self, guild_id: int, *, actor_id: int, now: float, **changes: Any) -> GuildOps:
+        columns: dict[str, Any] = {}
+        detail: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name == "cap":
+                _check_allowance(value)
+                if value is not None and value.unlimited:
+                    raise ValueError("a cap has an amount and a period; None removes it")
+                columns["cap_amount"] = None if value is None else value.amount
+                columns["cap_period"] = None if value is None else value.period
+                detail["cap"] = _allowance_json(value)
+            elif name == "approved":
+                columns["approved"] = int(bool(value))
+                detail["approved"] = bool(value)
+            elif name == "log_channel_id":
+                columns["log_channel_id"] = detail["log_channel_id"] = value
+            else:
+                raise ValueError(f"set_guild_ops cannot set {name}")
+        columns["updated_at"] = now
+        upsert = _upsert("guild_ops", ("guild_id",), columns)
+        action = "server.log_channel" if set(changes) == {"log_channel_id"} else "operator.server"
+
+        async def body(tx: Tx) -> GuildOps:
+            await tx.fetch(upsert, {"guild_id": guild_id, **columns})
+            await self._audit(tx, guild_id, actor_id, action, detail, now)
+            rows = await tx.fetch(sql.GET_GUILD_OPS, {"guild_id": guild_id})
+            return _guild_ops_from_row(guild_id, rows[0])
+
+        return await self._write(body)
+
+    async def claim_alert(self, key: str, *, now: float) -> bool:
+        return bool(await self._single(sql.CLAIM_ALERT, {"key": key, "now": now}))
+
+    # --- member preferences, server styles and channel rules ---------------------------------------------
+
+    async def member_defaults(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        rows = await self._read(sql.MEMBER_DEFAULTS, {"guild_id": guild_id, "user_id": user_id})
+        return dict(json.loads(rows[0]["defaults"])) if rows else {}
+
+    async def set_member_defaults(
+        self, guild_id: int, user_id: int, defaults: dict[str, Any] | None, *, now: float
+    ) -> None:
+        key = {"guild_id": guild_id, "user_id": user_id}
+        if defaults:
+            await self._single(sql.SET_MEMBER_DEFAULTS, {**key, "defaults": dump(defaults), "now": now})
+        else:
+            await self._single(sql.FORGET_MEMBER_DEFAULTS, key)
+
+    async def styles(self, guild_id: int) -> list[Style]:
+        rows = await self._read(sql.STYLES, {"guild_id": guild_id})
+        return [_style_from_row(row) for row in rows]
+
+    async def put_style(self, guild_id: int, name: str, template: str, *, actor_id: int, now: float) -> Style:
+        values = {"guild_id": guild_id, "name": name, "template": template, "actor_id": actor_id, "now": now}
+
+        async def body(tx: Tx) -> None:
+            await tx.fetch(sql.PUT_STYLE, values)
+            await self._audit(tx, guild_id, actor_id, "style.put", {"name": name, "template": template}, now)
+
+        await self._write(body)
+        return Style(guild_id=guild_id, name=name, template=template, created_by=actor_id, created_at=now)
+
+    async def remove_style(self, guild_id: int, name: str, *, actor_id: int, now: float) -> bool:
+        async def body(tx: Tx) -> bool:
+            rows = await tx.fetch(sql.REMOVE_STYLE, {"guild_id": guild_id, "name": name})
+            if not rows:
+                return False
+            await self._audit(tx, guild_id, actor_id, "style.remove", {"name": name, "template": rows[0][0]}, now)
+            return True
+
+        return await self._write(body)
+
+    async def allowed_channels(self, guild_id: int) -> list[int]:
+        rows = await self._read(sql.ALLOWED_CHANNELS, {"guild_id": guild_id})
+        return [int(row[0]) for row in rows]
+
+    async def set_channel_allowed(
+        self, guild_id: int, channel_id: int, allowed: bool, *, actor_id: int, now: float
+    ) -> bool:
+        change = sql.ALLOW_CHANNEL if allowed else sql.DISALLOW_CHANNEL
+        action = "channel.allow" if allowed else "channel.disallow"
+
+        async def body(tx: Tx) -> bool:
+            if not await tx.fetch(change, {"guild_id": guild_id, "channel_id": channel_id}):
+                return False
+            await self._audit(tx, guild_id, actor_id, action, {"channel_id": channel_id}, now)
+            return True
+
+        return await self._write(body)
+
+
+def _upsert(table: str, keys: Sequence[str], columns: Mapping[str, Any]) -> str:
+    """`INSERT … ON CONFLICT (keys) DO UPDATE` of `columns` (named parameters of the same names)."""
+    names = ", ".join((*keys, *columns))
+    marks = ", ".join(":" + name for name in (*keys, *columns))
+    updates = ", ".join(f"{name} = excluded.{name}" for name in columns)
+    return (
+        f"INSERT INTO {table} ({names}) VALUES ({marks})"
+        f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {updates}"
+    )
+

@@ -6,9 +6,11 @@ advisory lock, and how a hold is committed. Every Store method and query is shar
 
 Holds across processes. Under READ COMMITTED a guarded `INSERT … SELECT` alone is not enough: two
 transactions can both read the sums before either commits. So a hold's transaction first takes
-transaction-scoped advisory locks, the server's then the member's (one order everywhere: no deadlock),
-exclusive on each limit the hold checks and shared on the others, and only then runs the guarded insert:
-its statement snapshot is taken after the locks, so it sees every hold committed before it. Settlements
+transaction-scoped advisory locks, the whole bot's, the server's, then the member's (one order
+everywhere: no deadlock), exclusive on each scope whose limit the hold checks (the operator's bot-wide
+caps; budget, server cap and server queue; allowance and member queue) and shared on the others, and
+only then runs the guarded insert: its statement snapshot is taken after the locks, so it sees every
+hold committed before it. Settlements
 need no lock: a capture or release never raises what counts against a limit.
 
 Claims take one advisory lock for the whole claim statement, so the run limits hold across processes.
@@ -25,7 +27,6 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from bot.errors import BudgetExhaustedError, InsufficientCreditsError
 from bot.store import sql
 from bot.store.base import DuplicateJobError
 from bot.store.common import HoldRequest, SqlStore, Tx, apply_migrations, job_from_row
@@ -204,7 +205,7 @@ class PostgresStore(SqlStore):
                 return request.record()
             figures = await tx.fetch(self.queries.limit_figures, request.figure_values)
             refusal = request.refusal(figures[0] if figures else None)
-            if isinstance(refusal, InsufficientCreditsError | BudgetExhaustedError):
+            if not isinstance(refusal, RuntimeError):  # a limit explains it (else: room appeared, retry)
                 raise refusal
         raise refusal
 

@@ -7,6 +7,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 Period = Literal["day", "week", "month", "unlimited"]
+SpoilerMode = Literal["off", "all", "outside_nsfw"]  # results posted as spoilers: on request, always, outside NSFW
 
 
 class JobStatus(StrEnum):
@@ -72,6 +73,9 @@ class NewJob:
     token_expires_at: float | None = None
     reply_message_id: int | None = None
     upload_limit: int | None = None  # the interaction's attachment size limit, in bytes
+    style: str | None = None  # the server style (by name) whose template wrapped the member's prompt
+    remix_of: str | None = None  # the job this one was remixed from
+    spoiler: bool = False  # post the images as spoilers
 
     @property
     def hold_amount(self) -> int:
@@ -105,6 +109,7 @@ class JobRecord:
     error_key: str | None = None
     error_detail: str | None = None
     delivered_count: int = 0
+    posted_count: int = 0  # images posted so far (written after each message), for recovery
     charged: int = 0
     cancel_requested: bool = False
     created_at: float = 0.0
@@ -114,6 +119,9 @@ class JobRecord:
     finished_at: float | None = None
     owner: str | None = None  # the process running the job (None: queued and unclaimed)
     lease_expires_at: float | None = None  # the owner renews this; past it, another process may take over
+    style: str | None = None
+    remix_of: str | None = None
+    spoiler: bool = False
 
     @property
     def is_terminal(self) -> bool:
@@ -149,13 +157,24 @@ class MemberTotals:
 class HoldLimits:
     """What a new hold must fit under, computed by the ledger from policy and the clock.
 
-    The store checks both inside the same transaction that inserts the hold.
+    The store checks them all inside the same transaction that inserts the hold.
     """
 
     allowance: int | None  # the member's allowance this period; None = unlimited
     period_start: float  # epoch seconds; grants and captures since then count
     budget: int | None = None  # the server's cap this budget period; None = no cap
     budget_period_start: float = 0.0
+    max_member_jobs: int | None = None  # the member's jobs queued or running (this one excluded); None = any
+    max_guild_jobs: int | None = None  # the server's jobs queued or running; None = any
+    # The operator's caps (bot.ops.caps), checked in the same statement: the whole bot per UTC day and
+    # month, the server's cap set by the operator, and whether the server must be approved.
+    bot_daily_cap: int | None = None
+    bot_day_start: float = 0.0
+    bot_monthly_cap: int | None = None
+    bot_month_start: float = 0.0
+    guild_cap: int | None = None
+    guild_cap_start: float = 0.0
+    require_approval: bool = False
 
 
 @dataclass
@@ -170,9 +189,30 @@ class GuildPolicy:
     quote_threshold: int | None = None  # None: the bot-wide default from settings
     model_rules: dict[str, bool] = field(default_factory=dict)  # model -> allowed
     models_allowed_by_default: bool = True
+    language: str = "auto"  # what the bot posts on its own here: "auto" (Discord's preferred locale) or a code
+    spoiler_mode: SpoilerMode = "off"
 
     def is_model_allowed(self, model: str) -> bool:
         return self.model_rules.get(model, self.models_allowed_by_default)
+
+
+@dataclass(frozen=True)
+class GuildOps:
+    """What the operator set for one server, and the server's log channel. Defaults when never set."""
+
+    guild_id: int
+    cap: Allowance | None = None  # the operator's cap for this server; None: the settings' default
+    approved: bool = False  # for GUILD_ACCESS=allowlist
+    log_channel_id: int | None = None  # where the server's budget and audit notices go
+
+
+@dataclass(frozen=True)
+class SpendLine:
+    """Captured credits of one (server, model) pair since a period start, for the operator's report."""
+
+    guild_id: int
+    model: str
+    captured: int
 
 
 @dataclass(frozen=True)
@@ -213,3 +253,14 @@ class ProcessRecord:
     version: str
     started_at: float
     last_seen: float
+
+
+@dataclass(frozen=True)
+class Style:
+    """A server's named prompt template; `template` contains `{prompt}` where the member's text goes."""
+
+    guild_id: int
+    name: str
+    template: str
+    created_by: int
+    created_at: float

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
 from functools import lru_cache
@@ -86,6 +87,14 @@ MEMBER_HELD = """
 (SELECT CAST(coalesce(sum(amount), 0) AS BIGINT) FROM holds
  WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')
 """
+# Jobs queued or running: exactly the holds still held (every job has one, free jobs too). Counted in the
+# guarded insert itself, so a burst of requests cannot all see room for one more.
+MEMBER_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND user_id = :user_id AND state = 'held')"
+GUILD_JOBS = "(SELECT count(*) FROM holds WHERE guild_id = :guild_id AND state = 'held')"
+QUEUE_GUARD = (
+    f"{MEMBER_JOBS} < CAST(:max_member_jobs AS BIGINT) AND {GUILD_JOBS} < CAST(:max_guild_jobs AS BIGINT)"
+)
+APPROVED = "EXISTS (SELECT 1 FROM guild_ops WHERE guild_id = :guild_id AND approved = 1)"
 
 # One statement: the trigger jobs_settle_hold settles the hold, and holds_entries_on_settle writes the
 # CAPTURE and RELEASE lines, all or nothing.
@@ -97,8 +106,9 @@ UPDATE jobs SET
                    ELSE 0 END,
     error_key = :error_key,
     error_detail = :error_detail,
+    interaction_token = NULL,  -- a secret no longer needed once the job ended
     finished_at = :now
-WHERE id = :id AND status IN {ACTIVE_SQL}
+WHERE id = :id AND status IN {ACTIVE_SQL} AND (CAST(:expect AS TEXT) IS NULL OR status = :expect)
 RETURNING *
 """
 
@@ -147,14 +157,61 @@ UPSERT_MODEL_RULE = (
 ROLE_ALLOWANCES = "SELECT role_id, amount, period FROM role_allowances WHERE guild_id = :guild_id"
 MEMBER_ALLOWANCE = "SELECT amount, period FROM member_allowances WHERE guild_id = :guild_id AND user_id = :user_id"
 RECENT_AUDIT = "SELECT * FROM audit_log WHERE guild_id = :guild_id ORDER BY id DESC LIMIT :limit"
+AUDIT_AFTER = "SELECT * FROM audit_log WHERE guild_id = :guild_id AND id > :after_id ORDER BY id LIMIT :limit"
 BLOCKED_TERMS = "SELECT * FROM blocked_terms WHERE guild_id = :guild_id ORDER BY id"
+# The count and the insert are one statement (a negative :max_terms is no cap); under PostgreSQL the
+# caller also holds the server's blocklist lock, so two admins adding at once cannot pass the cap together.
 ADD_BLOCKED_TERM = (
     "INSERT INTO blocked_terms (guild_id, pattern, is_regex, created_by, created_at)"
-    " VALUES (:guild_id, :pattern, :is_regex, :actor_id, :now) RETURNING id"
+    " SELECT :guild_id, :pattern, :is_regex, :actor_id, :now"
+    " WHERE CAST(:max_terms AS BIGINT) < 0"
+    " OR (SELECT count(*) FROM blocked_terms WHERE guild_id = :guild_id) < CAST(:max_terms AS BIGINT)"
+    " RETURNING id"
+)
+BLOCKLIST_VERSION = "SELECT version FROM blocklist_versions WHERE guild_id = :guild_id"
+BUMP_BLOCKLIST = (
+    "INSERT INTO blocklist_versions (guild_id, version) VALUES (:guild_id, 1)"
+    " ON CONFLICT (guild_id) DO UPDATE SET version = blocklist_versions.version + 1"
 )
 REMOVE_BLOCKED_TERM = (
     "DELETE FROM blocked_terms WHERE guild_id = :guild_id AND id = :id RETURNING pattern, is_regex"
 )
+
+JOB_COUNTS = f"SELECT status, count(*) FROM jobs WHERE status IN {ACTIVE_SQL} GROUP BY status"
+SPEND_BY_GUILD_AND_MODEL = (
+    "SELECT guild_id, coalesce(model, '') AS model, CAST(sum(amount) AS BIGINT) AS captured FROM ledger"
+    " WHERE kind = 'capture' AND created_at >= :start GROUP BY 1, 2 ORDER BY captured DESC, guild_id, model"
+)
+
+# --- the operator's seat -------------------------------------------------------------------------------
+
+GET_GUILD_OPS = "SELECT * FROM guild_ops WHERE guild_id = :guild_id"
+ALL_GUILD_OPS = "SELECT * FROM guild_ops ORDER BY guild_id"
+CLAIM_ALERT = "INSERT INTO alerts_sent (key, sent_at) VALUES (:key, :now) ON CONFLICT (key) DO NOTHING RETURNING key"
+
+# --- member preferences, server styles and channel rules -----------------------------------------------
+
+MEMBER_DEFAULTS = "SELECT defaults FROM member_defaults WHERE guild_id = :guild_id AND user_id = :user_id"
+SET_MEMBER_DEFAULTS = (
+    "INSERT INTO member_defaults (guild_id, user_id, defaults, updated_at)"
+    " VALUES (:guild_id, :user_id, :defaults, :now)"
+    " ON CONFLICT (guild_id, user_id) DO UPDATE SET defaults = excluded.defaults, updated_at = excluded.updated_at"
+)
+FORGET_MEMBER_DEFAULTS = "DELETE FROM member_defaults WHERE guild_id = :guild_id AND user_id = :user_id"
+STYLES = "SELECT * FROM styles WHERE guild_id = :guild_id ORDER BY name"
+PUT_STYLE = (
+    "INSERT INTO styles (guild_id, name, template, created_by, created_at)"
+    " VALUES (:guild_id, :name, :template, :actor_id, :now)"
+    " ON CONFLICT (guild_id, name) DO UPDATE SET template = excluded.template,"
+    " created_by = excluded.created_by, created_at = excluded.created_at"
+)
+REMOVE_STYLE = "DELETE FROM styles WHERE guild_id = :guild_id AND name = :name RETURNING template"
+ALLOWED_CHANNELS = "SELECT channel_id FROM channel_rules WHERE guild_id = :guild_id ORDER BY channel_id"
+ALLOW_CHANNEL = (
+    "INSERT INTO channel_rules (guild_id, channel_id) VALUES (:guild_id, :channel_id)"
+    " ON CONFLICT DO NOTHING RETURNING 1"
+)
+DISALLOW_CHANNEL = "DELETE FROM channel_rules WHERE guild_id = :guild_id AND channel_id = :channel_id RETURNING 1"
 
 # --- job ownership (leases), cancel flags, process heartbeats ------------------------------------------
 
@@ -235,7 +292,7 @@ class Queries:
             "AND created_at >= {start} AND created_at < {bucket} + 1 AND " + dialect.bucket_of.format(x="created_at")
         ) + " < {bucket}"
         member_first = in_first_bucket.format(start=":period_start", bucket=":period_bucket")
-        budget_first = in_first_bucket.format(start=":budget_start", bucket=":budget_bucket")
+        self._in_first_bucket = in_first_bucket
         # Sums since a period start P: whole 15-minute buckets from B = P rounded up to a bucket (running
         # totals, migration 0002), plus the ledger lines from P to B one by one (none when P starts a
         # bucket, as local midnights do). The bucket expression is the one the trigger uses.
@@ -246,18 +303,25 @@ class Queries:
    WHERE guild_id = :guild_id AND user_id = :user_id AND kind IN ('grant', 'deduct', 'capture') {member_first})
 """
         member_available = f"CAST(:allowance AS BIGINT) + {member_net} - {MEMBER_HELD}"
-        self.server_spend = f"""
-(SELECT CAST(coalesce(sum(captured), 0) AS BIGINT) FROM guild_buckets
- WHERE guild_id = :guild_id AND bucket >= :budget_bucket)
-+ (SELECT CAST(coalesce(sum(amount), 0) AS BIGINT) FROM ledger
-   WHERE guild_id = :guild_id AND kind = 'capture' {budget_first})
-+ (SELECT CAST(coalesce(sum(amount), 0) AS BIGINT) FROM holds WHERE guild_id = :guild_id AND state = 'held')
-"""
-        self.member_guard = f"({member_available}) >= :amount"
-        self.budget_guard = f"({self.server_spend}) + :amount <= CAST(:budget AS BIGINT)"
+        self.server_spend = self.spend_since("budget")
+        self.bot_spend = self.spend_since("bot_day", whole_bot=True)
+        guild_cap_spend = self.spend_since("cap")
+        bot_month_spend = self.spend_since("bot_month", whole_bot=True)
+        # Every guard a hold can have, by name; `hold()` puts the ones a request needs in its WHERE.
+        self.guards = {
+            "approved": APPROVED,
+            "bot_day": f"({self.bot_spend}) + :amount <= CAST(:bot_daily_cap AS BIGINT)",
+            "bot_month": f"({bot_month_spend}) + :amount <= CAST(:bot_monthly_cap AS BIGINT)",
+            "guild_cap": f"({guild_cap_spend}) + :amount <= CAST(:guild_cap AS BIGINT)",
+            "queue": QUEUE_GUARD,
+            "member": f"({member_available}) >= :amount",
+            "budget": f"({self.server_spend}) + :amount <= CAST(:budget AS BIGINT)",
+        }
         # What a refused member is told, read in the refused transaction itself (no row when it went in).
         self.limit_figures = f"""
-SELECT {member_available} AS available, {self.server_spend} AS spent
+SELECT {member_available} AS available, {self.server_spend} AS spent, {MEMBER_JOBS} AS member_jobs,
+       {GUILD_JOBS} AS guild_jobs, {guild_cap_spend} AS cap_spent, {self.bot_spend} AS bot_day_spent,
+       {bot_month_spend} AS bot_month_spent, {APPROVED} AS approved
 WHERE NOT EXISTS (SELECT 1 FROM holds WHERE job_id = :id)
 """
         self.member_totals = f"""
@@ -294,10 +358,21 @@ SELECT p.*, p.guild_id IS NOT NULL AS present, {rules},
 {policy_from}
 """
 
-    def hold(self, *, check_member: bool, check_budget: bool) -> str:
-        """The guarded hold insert: it writes a row only when every limit that exists still has room."""
-        guards = [g for g, on in ((self.member_guard, check_member), (self.budget_guard, check_budget)) if on]
-        return INSERT_HOLD + ("WHERE " + " AND ".join(guards) if guards else "")
+    def spend_since(self, start: str, *, whole_bot: bool = False) -> str:
+        """Captured since `:{start}_start` (buckets from `:{start}_bucket`) plus active holds, of the server
+        or, with `whole_bot`, of every server: the one definition behind budgets and the operator's caps."""
+        guild = "" if whole_bot else "guild_id = :guild_id AND "
+        first = self._in_first_bucket.format(start=f":{start}_start", bucket=f":{start}_bucket")
+        return f"""
+(SELECT CAST(coalesce(sum(captured), 0) AS BIGINT) FROM guild_buckets WHERE {guild}bucket >= :{start}_bucket)
++ (SELECT CAST(coalesce(sum(amount), 0) AS BIGINT) FROM ledger WHERE {guild}kind = 'capture' {first})
++ (SELECT CAST(coalesce(sum(amount), 0) AS BIGINT) FROM holds WHERE {guild}state = 'held')
+"""
+
+    def hold(self, guards: Sequence[str]) -> str:
+        """The guarded hold insert: it writes a row only when every named guard (see `guards`) has room."""
+        clauses = [self.guards[name] for name in guards]
+        return INSERT_HOLD + ("WHERE " + " AND ".join(clauses) if clauses else "")
 
 
 def bucket_after(start: float) -> int:

@@ -341,7 +341,7 @@ class SqliteStore(SqlStore):
             marks = ", ".join("?" * len(finish_ids))
             calls.append(
                 db.execute_fetchall(
-                    f"SELECT id FROM jobs WHERE id IN ({marks}) AND status IN {sql.ACTIVE_SQL}", finish_ids
+                    f"SELECT id, status FROM jobs WHERE id IN ({marks}) AND status IN {sql.ACTIVE_SQL}", finish_ids
                 )
             )
             calls.append(db.executemany(sql.FINISH_JOB, [op.values for op in finishes]))
@@ -361,12 +361,13 @@ class SqliteStore(SqlStore):
 
         outcome: dict[int, Any] = {}
         if finishes:
-            was_active = {row[0] for row in results[0]}
+            was_active = {row[0]: row[1] for row in results[0]}
             finished = {row["id"]: row for row in results[2]}
             for op in finishes:
                 job_id = op.values["id"]
-                if job_id in was_active:
-                    was_active.discard(job_id)  # a second settlement in the same batch is a no-op
+                expected = op.values["expect"]
+                if job_id in was_active and expected in (None, was_active[job_id]):
+                    del was_active[job_id]  # a second settlement in the same batch is a no-op
                     outcome[id(op)] = job_from_row(finished[job_id])
                 else:
                     outcome[id(op)] = None

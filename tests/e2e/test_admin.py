@@ -13,7 +13,7 @@ import pytest
 
 from bot.store.records import Allowance, EntryKind, GuildPolicy, JobRecord
 from tests.e2e.harness import WAIT, World
-from tests.fakes.fake_discord import Callback, CallbackType, FakeDiscord, FakeMember
+from tests.fakes.fake_discord import Callback, CallbackType, FakeDiscord, FakeMember, FakeMessage
 
 MISSING_PERMISSION = "You need the Manage Server permission to do that."
 NOT_A_MEMBER = "That user is not a member of this server."
@@ -35,12 +35,22 @@ ADMIN_COMMANDS: dict[str, Callable[[FakeDiscord], dict[str, Any]]] = {
     "audit": lambda fd: {},
     "server timezone": lambda fd: {"name": "Asia/Seoul"},
     "server quote": lambda fd: {"threshold": 10},
+    "server language": lambda fd: {"language": "ko"},
+    "server logchannel": lambda fd: {"channel": fd.channel},
     "blocklist add": lambda fd: {"pattern": "dragon"},
     "blocklist remove": lambda fd: {"term_id": 1},
     "blocklist list": lambda fd: {},
     "models enable": lambda fd: {"model": "gpt-image-1"},
     "models disable": lambda fd: {"model": "gpt-image-1"},
     "models default": lambda fd: {"model": "gpt-image-1"},
+    "server show": lambda fd: {},
+    "server spoilers": lambda fd: {"mode": "all"},
+    "server channels add": lambda fd: {"channel": fd.channel},
+    "server channels remove": lambda fd: {"channel": fd.channel},
+    "server channels list": lambda fd: {},
+    "styles add": lambda fd: {"name": "noir", "template": "{prompt}, film noir"},
+    "styles remove": lambda fd: {"name": "noir"},
+    "styles list": lambda fd: {},
 }
 
 
@@ -82,6 +92,16 @@ async def exported(world: World, options: dict[str, str]) -> tuple[str, str, byt
     assert message.ephemeral
     (upload,) = message.attachments
     return message.content, upload.filename, upload.data
+
+
+async def usage_report(world: World) -> FakeMessage:
+    """Run /usage server as the admin: it defers (ephemerally), then sends the report with its chart."""
+    fi = await world.command("usage server", user=world.fd.admin)
+    assert fi.callback is not None and fi.callback.type == CallbackType.DEFERRED_CHANNEL_MESSAGE
+    assert fi.callback.ephemeral
+    message = await fi.wait_for_message_state(lambda m: not m.loading and m.attachments, WAIT)
+    assert message.ephemeral
+    return message
 
 
 def fields(callback: Callback) -> dict[str, str]:
@@ -152,12 +172,14 @@ def parse_csv(data: bytes) -> list[dict[str, str]]:
 async def test_every_admin_command_is_covered_and_hinted_as_manage_server(running: World) -> None:
     synced = {c["name"]: c for c in running.fd.commands_for(guild_id(running))}
     paths = set()
-    for name in ("quota", "budget", "usage", "server", "blocklist", "audit", "models"):
+    for name in ("quota", "budget", "usage", "server", "blocklist", "audit", "models", "styles"):
         command = synced[name]
         if name != "models":  # /models list is for everyone, so only its admin subcommands are checked
             assert int(command["default_member_permissions"]) == 32, f"/{name} hints Manage Server"
         subs = [o["name"] for o in command.get("options", []) if o["type"] == 1]
-        paths |= {f"{name} {sub}" for sub in subs} if subs else {name}
+        groups = [o for o in command.get("options", []) if o["type"] == 2]
+        paths |= {f"{name} {sub}" for sub in subs} if subs or groups else {name}
+        paths |= {f"{name} {g['name']} {o['name']}" for g in groups for o in g.get("options", [])}
     assert paths - {"models list"} == set(ADMIN_COMMANDS)
 
 
@@ -246,7 +268,7 @@ async def test_values_the_core_refuses_are_explained_and_nothing_is_written(
 async def test_quota_set_and_role_need_an_amount_unless_unlimited_or_removing(running: World) -> None:
     _, _, bob = people(running)
     everyone = running.fd.guild.everyone  # type: ignore[union-attr]
-    missing = "`(none)` is not a valid amount: use a whole number from 0 to 1000000."
+    missing = "`(none)` is not a valid amount: use a whole number from 0 to 1,000,000."
     assert await says(running, "quota set", {"member": bob}) == missing, "not a silent 0 per month"
     assert await says(running, "quota role", {"role": everyone, "period": "day"}) == missing
     await assert_nothing_written(running)
@@ -269,7 +291,7 @@ async def test_quota_default_is_the_allowance_imagine_uses(running: World) -> No
 
     await deliver(running, "a fox", model=GEMINI)
     assert await refused_imagine(running, "another fox", model=GEMINI) == (
-        "This needs 39 credits and you have 11 available."
+        "This needs 39 credits and you have 11 available. Nothing was charged."
     )
     assert await available(running, alice) == "11"
     assert await available(running, bob) == "50", "an allowance is per member"
@@ -313,7 +335,10 @@ async def test_quota_set_overrides_roles_and_the_default(running: World) -> None
     )
     assert await running.store.member_allowance(gid, alice.id) == Allowance(5, "day")
     assert await available(running, alice) == "5"
-    assert await refused_imagine(running, "a kite", model=MINI) == "This needs 8 credits and you have 5 available."
+    assert (
+        await refused_imagine(running, "a kite", model=MINI)
+        == "This needs 8 credits and you have 5 available. Nothing was charged."
+    )
     assert await available(running, bob) == "50"
 
     await says(running, "quota set", {"member": alice, "remove": True})
@@ -382,7 +407,9 @@ async def test_budget_edge_refuses_imagine_and_spends_nothing(running: World) ->
     first = await deliver(running, "a bridge", model=GEMINI)
 
     content = await refused_imagine(running, "another bridge", user=bob, model=GEMINI)
-    assert content == "This server has reached its image budget for now (11 credits left, 39 needed)."
+    assert (
+        content == "This server has reached its image budget for now (11 credits left, 39 needed). Nothing was charged."
+    )
     assert await ledger(running) == [(EntryKind.HOLD, alice.id, 39), (EntryKind.CAPTURE, alice.id, 39)]
     assert await running.ledger_of(first.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
     assert await running.store.active_jobs() == []
@@ -462,11 +489,11 @@ async def test_usage_server_and_member_show_spend_by_model_and_top_members(runni
     await deliver(running, "a hill, smaller", model=MINI)
     await deliver(running, "a dale", user=bob, model=MINI)
 
-    report = await answer(running, "usage server")
-    embed = report.data["embeds"][0]  # type: ignore[index]
+    message = await usage_report(running)
+    (embed,) = message.embeds
     assert embed["title"] == "Spent this period: 55 credits"
     assert embed["description"].startswith("Since <t:") and ":D> · resets <t:" in embed["description"]
-    assert fields(report) == {
+    assert {f["name"]: f["value"] for f in embed["fields"]} == {
         "By model": f"`{GEMINI}` · 39\n`{MINI}` · 16",
         "Top members": f"<@{alice.id}> · 47\n<@{bob.id}> · 8",
     }
@@ -562,6 +589,18 @@ async def test_blocklist_add_list_remove_and_refusal(running: World) -> None:
     assert await audit_actions(running) == ["blocked_term.add", "blocked_term.add", "blocked_term.remove"]
     assert await says(running, "blocklist remove", {"term_id": 2}) == "Removed blocked term #2."
     assert await says(running, "blocklist list") == "No blocked terms."
+
+
+async def test_blocklist_add_beyond_the_cap_is_refused_clearly(world: World) -> None:
+    await world.start(blocklist_max_terms=2)
+    assert await says(world, "blocklist add", {"pattern": "dragon"}) == "Blocked term #1: `dragon`."
+    assert await says(world, "blocklist add", {"pattern": "castle"}) == "Blocked term #2: `castle`."
+    assert await says(world, "blocklist add", {"pattern": "moat"}) == (
+        "This server already has 2 blocked terms, the most it can have. Remove one with `/blocklist remove` "
+        "before adding another."
+    )
+    assert await says(world, "blocklist list") == "`1` `dragon`\n`2` `castle`"
+    assert await audit_actions(world) == ["blocked_term.add", "blocked_term.add"]
 
 
 # --- /audit -------------------------------------------------------------------------------------------------

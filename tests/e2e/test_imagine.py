@@ -152,7 +152,7 @@ async def test_async_failures_release_the_hold_and_explain(
         ({"model": "runwayml/gen4-image", "size": "4K"}, "not a valid size"),
         ({"model": "dall-e-9"}, "There is no model called"),
         ({"prompt": "   "}, "prompt is empty"),
-        ({"prompt": "x" * 1501}, "limit is 1500"),
+        ({"prompt": "x" * 1501}, "limit is 1,500"),
     ],
 )
 async def test_refused_request_gets_one_ephemeral_message_and_changes_nothing(
@@ -168,7 +168,9 @@ async def test_refused_request_gets_one_ephemeral_message_and_changes_nothing(
     assert await running.store.active_jobs() == []
 
 
-async def test_twenty_concurrent_requests_at_the_edge_never_overspend(running: World) -> None:
+async def test_twenty_concurrent_requests_at_the_edge_never_overspend(world: World) -> None:
+    running = world
+    await running.start(max_queued_per_member=20)  # only the credits may refuse here
     running.gw.configure("gemini-2.5-flash-image", sync_delay=0.3)
     # 500 credits buy 12 images at 39; twenty members' worth of requests arrive at once.
     interactions = await asyncio.gather(

@@ -485,6 +485,7 @@ class FakeGuild:
     roles: dict[int, FakeRole] = field(default_factory=dict)
     channels: dict[int, FakeChannel] = field(default_factory=dict)
     members: dict[int, FakeMember] = field(default_factory=dict)
+    automod_rules: list[dict[str, Any]] = field(default_factory=list)  # served at /auto-moderation/rules
 
     def __post_init__(self) -> None:
         if self.id not in self.roles:
@@ -530,6 +531,39 @@ class FakeGuild:
         )
         self.channels[channel.id] = channel
         return channel
+
+    def add_automod_rule(
+        self,
+        name: str,
+        *,
+        keyword_filter: Sequence[str] = (),
+        regex_patterns: Sequence[str] = (),
+        allow_list: Sequence[str] = (),
+        enabled: bool = True,
+        trigger_type: int = 1,
+        exempt_roles: Iterable[Any] = (),
+        exempt_channels: Iterable[Any] = (),
+    ) -> dict[str, Any]:
+        """Add an AutoMod rule as Discord stores it (trigger_type 1: KEYWORD; event_type 1: MESSAGE_SEND)."""
+        rule = {
+            "id": str(make_snowflake()),
+            "guild_id": str(self.id),
+            "name": name,
+            "creator_id": str(self.owner_id),
+            "event_type": 1,
+            "trigger_type": trigger_type,
+            "trigger_metadata": {
+                "keyword_filter": list(keyword_filter),
+                "regex_patterns": list(regex_patterns),
+                "allow_list": list(allow_list),
+            },
+            "actions": [{"type": 1, "metadata": {}}],
+            "enabled": enabled,
+            "exempt_roles": [str(_id_of(r)) for r in exempt_roles],
+            "exempt_channels": [str(_id_of(c)) for c in exempt_channels],
+        }
+        self.automod_rules.append(rule)
+        return rule
 
     def add_member(self, user: FakeUser | str, *, roles: Iterable[Any] = (), nick: str | None = None) -> FakeMember:
         """Add a member; pass a :class:`FakeUser` or just a username (a user is made for it)."""
@@ -687,6 +721,11 @@ class FakeAttachment:
     @property
     def is_png(self) -> bool:
         return self.data.startswith(b"\x89PNG\r\n\x1a\n")
+
+    @property
+    def is_spoiler(self) -> bool:
+        """Discord blurs an attachment whose file name starts with SPOILER_."""
+        return self.filename.startswith("SPOILER_")
 
     def payload(self) -> dict[str, Any]:
         """The attachment object as Discord sends it."""
@@ -976,6 +1015,19 @@ class Fault:
         self.remaining = 0
 
 
+@dataclass
+class Hold:
+    """Matching requests wait (as behind an exhausted rate-limit bucket) until :meth:`release`."""
+
+    match: Callable[[RecordedRequest], bool]
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    hits: int = 0
+
+    def release(self) -> None:
+        self.released.set()
+
+
 # --------------------------------------------------------------------------------------------------
 # Interactions
 
@@ -1153,6 +1205,11 @@ class FakeDiscord:
         #: The bot's user; its id equals the application id, as for bots created since 2022.
         self.bot_user = FakeUser(id=self.application_id, username=bot_name, bot=True)
         self.application_owner = FakeUser(id=make_snowflake(), username="app-owner")
+        #: When set, the application belongs to a team of these users (role, e.g. "admin" or "read_only").
+        self.application_team: list[tuple[FakeUser, str]] | None = None
+        #: When set, IDENTIFY is answered with READY only once this event is set (a bot logged in over REST
+        #: but not yet connected to the gateway).
+        self.ready_gate: asyncio.Event | None = None
         self.application_flags = (1 << 13) | (1 << 15) | (1 << 19) | (1 << 23)
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.allowed_privileged_intents = allowed_privileged_intents
@@ -1174,6 +1231,7 @@ class FakeDiscord:
         self.interactions: list[FakeInteraction] = []
         self.attachments: dict[int, FakeAttachment] = {}
         self.faults: list[Fault] = []
+        self.holds: list[Hold] = []
         self.gateway_connections: list[GatewayConnection] = []
         self.identify_count = 0
         self.resume_count = 0
@@ -1298,6 +1356,8 @@ class FakeDiscord:
 
     async def close(self) -> None:
         """Close gateway connections and stop the server."""
+        for hold in self.holds:
+            hold.release()  # nothing may stay parked in a handler
         for conn in self.gateway_connections:
             if not conn.ws.closed:
                 await conn.ws.close(code=1001)
@@ -1468,6 +1528,24 @@ class FakeDiscord:
         fault = Fault(predicate, status, body, dict(headers or {}), times)
         self.faults.append(fault)
         return fault
+
+    def hold_requests(self, match: str | Callable[[RecordedRequest], bool]) -> Hold:
+        """Keep matching requests waiting until the returned hold is released (Discord slowing a route)."""
+        if isinstance(match, str):
+            rx = re.compile(match)
+
+            def predicate(r: RecordedRequest) -> bool:
+                return bool(rx.search(f"{r.method} {r.path}"))
+        else:
+            predicate = match
+        hold = Hold(predicate)
+        self.holds.append(hold)
+        return hold
+
+    def drop_connections(self, match: str | Callable[[RecordedRequest], bool], *, times: int | None = 1) -> Fault:
+        """Reset the connection of matching requests without answering (a network failure: the client
+        sees a connection error, not an HTTP status)."""
+        return self.inject_fault(match, status=0, body=None, times=times)
 
     def rate_limit_next(
         self, match: str | Callable[[RecordedRequest], bool], *, retry_after: float = 0.05, is_global: bool = False
@@ -1645,6 +1723,8 @@ class FakeDiscord:
         }
         if session.shard is not None:
             ready["shard"] = session.shard
+        if self.ready_gate is not None:
+            await self.ready_gate.wait()
         await self._dispatch("READY", ready)
         for guild in self.guilds.values():
             await self._dispatch("GUILD_CREATE", self._guild_create_payload(guild, intents))
@@ -2197,6 +2277,7 @@ class FakeDiscord:
         r("GET", "/guilds/{guild_id}/channels", self._get_guild_channels)
         r("GET", "/guilds/{guild_id}/roles", self._get_guild_roles)
         r("GET", "/guilds/{guild_id}/members/{user_id}", self._get_member)
+        r("GET", "/guilds/{guild_id}/auto-moderation/rules", self._get_automod_rules)
         r("POST", "/interactions/{interaction_id}/{token}/callback", self._interaction_callback)
         r("POST", "/webhooks/{application_id}/{token}", self._post_followup)
         r("GET", "/webhooks/{application_id}/{token}/messages/{message_id}", self._get_webhook_message)
@@ -2260,11 +2341,21 @@ class FakeDiscord:
                     handler, params, rec.route = candidate, match.groupdict(), template
                     break
         response: web.Response
+        for hold in self.holds:
+            if not hold.released.is_set() and hold.match(rec):
+                hold.hits += 1
+                hold.arrived.set()
+                await hold.released.wait()
         fault = next((f for f in self.faults if f.remaining != 0 and f.match(rec)), None)
         if fault is not None:
             fault.hits += 1
             if fault.remaining is not None:
                 fault.remaining -= 1
+            if fault.status == 0:  # drop_connections: no answer at all
+                self.requests.append(rec)
+                if request.transport is not None:
+                    request.transport.abort()
+                raise ConnectionResetError("fake Discord dropped the connection")
             response = _json_response(fault.body, fault.status, fault.headers)
         elif handler is None:
             response = _error(404, 0, "404: Not Found" if not request.path.startswith(prefix) else "Unknown")
@@ -2343,7 +2434,7 @@ class FakeDiscord:
                 "verify_key": secrets.token_hex(32),
                 "flags": self.application_flags,
                 "owner": self.application_owner.payload(),
-                "team": None,
+                "team": None if self.application_team is None else self._team_payload(self.application_team),
                 "bot": self.bot_user.payload(),
                 "hook": True,
                 "redirect_uris": [],
@@ -2354,6 +2445,19 @@ class FakeDiscord:
                 "tags": [],
             }
         )
+
+    def _team_payload(self, members: list[tuple[FakeUser, str]]) -> dict[str, Any]:
+        team_id = str(make_snowflake())
+        return {
+            "id": team_id,
+            "name": "Fake Team",
+            "icon": None,
+            "owner_user_id": str(self.application_owner.id),
+            "members": [
+                {"user": user.payload(), "team_id": team_id, "membership_state": 2, "permissions": ["*"], "role": role}
+                for user, role in members
+            ],
+        }
 
     def _find_channel(self, channel_id: int) -> tuple[FakeChannel | None, FakeGuild | None]:
         for guild in self.guilds.values():
@@ -2415,6 +2519,15 @@ class FakeDiscord:
         if member is None:
             return _error(404, ErrorCode.UNKNOWN_MEMBER, "Unknown Member")
         return _json_response(member.payload())
+
+    async def _get_automod_rules(self, ctx: _Ctx) -> web.Response:
+        guild = self.guilds.get(int(ctx.params["guild_id"]))
+        if guild is None:
+            return _error(404, ErrorCode.UNKNOWN_GUILD, "Unknown Guild")
+        perms = guild.base_permissions(self.bot_user.id)
+        if not perms & (Perm.MANAGE_GUILD | Perm.ADMINISTRATOR):
+            return _error(403, ErrorCode.MISSING_PERMISSIONS, "Missing Permissions")
+        return _json_response(copy.deepcopy(guild.automod_rules))
 
     # ------------------------------------------------------------------ REST: application commands
 

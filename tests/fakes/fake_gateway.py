@@ -306,6 +306,10 @@ class FakeGateway:
         op = self.operations[operation_id]
         op.ready_at = min(op.ready_at, self._clock())
 
+    def forget(self, operation_id: str) -> None:
+        """Drop an operation, as the real gateway does once it expires: its polls answer 404 from now on."""
+        del self.operations[operation_id]
+
     def clear_scripts(self) -> None:
         self._scripts.clear()
 

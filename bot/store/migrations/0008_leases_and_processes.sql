@@ -1,7 +1,6 @@
--- 0004 (portable: SQLite and PostgreSQL run this same file): job ownership by lease, and the heartbeats of
+-- 0008 (portable: SQLite and PostgreSQL run this same file): job ownership by lease, and the heartbeats of
 -- the bot processes sharing the database. A job with an owner is running in that process; the owner
 -- renews lease_expires_at, and another process may take the job over once it has passed.
--- Version 3 is left to the posted-images migration being written on another branch.
 ALTER TABLE jobs ADD COLUMN owner TEXT;
 ALTER TABLE jobs ADD COLUMN lease_expires_at DOUBLE PRECISION;
 CREATE INDEX jobs_owned ON jobs (owner, lease_expires_at)

@@ -1,0 +1,35 @@
+"""Style templates: `{prompt}` marks where the member's text goes.
+
+The member's text is put in with a plain replace, never `str.format`, so braces in a prompt or a template
+cannot reach Python's formatting.
+"""
+
+from __future__ import annotations
+
+import re
+
+from bot.errors import InvalidValueError
+
+PLACEHOLDER = "{prompt}"
+MAX_TEMPLATE_LENGTH = 1000
+NAME_PATTERN = re.compile(r"[\w-]{1,32}")
+
+
+def check_style(name: str, template: str) -> tuple[str, str]:
+    """The normalised (name, template); `InvalidValueError` for a bad name or a template without {prompt}."""
+    name = name.strip().lower()
+    template = template.strip()
+    if not NAME_PATTERN.fullmatch(name):
+        raise InvalidValueError(option="style name", value=name[:50], allowed="1–32 letters, digits, _ or -")
+    if PLACEHOLDER not in template or len(template) > MAX_TEMPLATE_LENGTH:
+        raise InvalidValueError(
+            option="template",
+            value=template[:50],
+            allowed=f"text of at most {MAX_TEMPLATE_LENGTH} characters containing {PLACEHOLDER}",
+        )
+    return name, template
+
+
+def apply_style(template: str, prompt: str) -> str:
+    """The final prompt: the template with every `{prompt}` replaced by the member's text."""
+    return template.replace(PLACEHOLDER, prompt)
