@@ -3,10 +3,12 @@
     .venv/bin/python -m bench.bench_polling [--jobs N] [--time-scale X] [--spread S] [--seed N]
 
 Async jobs run against the fake gateway over loopback. Each job's completion time is drawn from a
-log-normal around 8 s (one model) or 25 s (another), with log-scale spread S (default 0.25: 90 % of jobs
-within ×0.66..×1.5 of the median). Every duration is multiplied by the time scale so that a run is short;
-lags are reported divided by it again (unscaled seconds). In the same process and on the same fake, a
-reference client polls every 5 s like the page's example, on jobs with the same durations.
+log-normal around its model's median (seven models: 3, 5, 8, 12, 20, 30 and 60 s, as fast and slow
+providers take), with log-scale spread S (default 0.3: 90 % of jobs within ×0.61..×1.64 of the median,
+about what the providers' own timings show from one job to the next). Every duration is multiplied by
+the time scale so that a run is short; lags are reported divided by it again (unscaled seconds). In the
+same process and on the same fake, a reference client polls every 5 s like the page's example, on jobs with
+the same durations.
 
 The adaptive client is first warmed with history as the bot would have it: a first batch of jobs runs with
 the planner from an empty history, and the durations it observes are recorded. During the measured batch
@@ -35,10 +37,19 @@ from pydantic import SecretStr
 
 from bot.gateway import GatewayClient
 from bot.images import decode_image, decode_image_async
-from bot.polling import PollPlanner, PollSchedule
+from bot.polling import POLL_BUDGET, PollPlanner, PollSchedule
 from tests.fakes import FakeGateway, make_png
 
-MODELS = {"black-forest-labs/flux-1.1-pro": 8.0, "runwayml/gen4-image": 25.0}
+# Median durations (s) of the mix; the names are the fake's async models, the figures the point.
+MODELS = {
+    "xai/grok-imagine-image": 3.0,
+    "stability-ai/sdxl": 5.0,
+    "black-forest-labs/flux-1.1-pro": 8.0,
+    "fal-ai/bytedance/seedream/v4.5": 12.0,
+    "black-forest-labs/flux-2-pro": 20.0,
+    "bytedance/seedream-4": 30.0,
+    "runwayml/gen4-image": 60.0,
+}
 REFERENCE_INTERVAL = 5.0  # the gateway page's example
 # The bot's defaults (bot/config.py), in unscaled seconds.
 MIN_INTERVAL, MAX_INTERVAL, DEFAULT_EXPECTED, HISTORY = 0.25, 10.0, 20.0, 20
@@ -125,16 +136,23 @@ def summarize(name: str, results: list[JobResult]) -> tuple[float, float, float]
     lags = [r.lag for r in results]
     median, p95 = statistics.median(lags), quantile(lags, 0.95)
     polls = statistics.mean(r.polls for r in results)
-    per_model = ", ".join(
-        f"{m.split('/')[-1]}: median {statistics.median([r.lag for r in results if r.model == m]):.2f}s"
-        f" / {statistics.mean([r.polls for r in results if r.model == m]):.1f} polls"
-        for m in MODELS
-    )
-    print(f"  {name:<10} median lag {median:5.2f}s  p95 lag {p95:5.2f}s  polls/job {polls:5.2f}   ({per_model})")
+    print(f"  {name:<10} median lag {median:5.2f}s  p95 lag {p95:5.2f}s  polls/job {polls:5.2f}")
     return median, p95, polls
 
 
-async def polling_bench(jobs: int, scale: float, spread: float, seed: int) -> bool:
+def per_model(adaptive: list[JobResult], reference: list[JobResult]) -> None:
+    print("  per model (median duration): adaptive median lag / polls  vs  reference  -> poll ratio")
+    for model, median in MODELS.items():
+        mine = [r for r in adaptive if r.model == model]
+        ref = [r for r in reference if r.model == model]
+        a_polls, r_polls = statistics.mean(r.polls for r in mine), statistics.mean(r.polls for r in ref)
+        print(
+            f"    {median:4.0f} s  {statistics.median(r.lag for r in mine):5.2f}s / {a_polls:5.2f}"
+            f"   vs  {statistics.median(r.lag for r in ref):5.2f}s / {r_polls:5.2f}   -> {a_polls / r_polls:.2f}x"
+        )
+
+
+async def polling_bench(jobs: int, scale: float, spread: float, seed: int, budget: float | None) -> bool:
     rng = random.Random(seed)
     store = MemoryDurations()
     planner = PollPlanner(
@@ -143,6 +161,8 @@ async def polling_bench(jobs: int, scale: float, spread: float, seed: int) -> bo
         default_expected=DEFAULT_EXPECTED * scale,
         min_interval=MIN_INTERVAL * scale,
         max_interval=MAX_INTERVAL * scale,
+        budget=budget,
+        reference_interval=REFERENCE_INTERVAL * scale,
     )
     window = 10.0 * scale
     async with FakeGateway() as gw, aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
@@ -169,13 +189,11 @@ async def polling_bench(jobs: int, scale: float, spread: float, seed: int) -> bo
     print(f"\ndetection lag in unscaled seconds (time scale {scale:g}, spread {spread:g}):")
     a_med, _, a_polls = summarize("adaptive", adaptive)
     r_med, _, r_polls = summarize("reference", ref)
+    per_model(adaptive, ref)
     lag_ratio, poll_ratio = a_med / r_med, a_polls / r_polls
-    print(f"  ratios     median lag {lag_ratio:.3f} (target <= 0.2)   polls/job {poll_ratio:.2f} (target <= 2)")
-    ok = a_med <= 0.5 and lag_ratio <= 0.2 and poll_ratio <= 2.0
-    print(
-        f"  targets    median lag <= 0.5 s: {a_med <= 0.5}; <= 1/5 of reference: {lag_ratio <= 0.2};"
-        f" polls <= 2x: {poll_ratio <= 2.0}"
-    )
+    print(f"  ratios     median lag {lag_ratio:.3f}   polls/job {poll_ratio:.2f} (target <= 2)")
+    ok = a_med <= 0.5 and poll_ratio <= 2.0
+    print(f"  targets    median lag <= 0.5 s: {a_med <= 0.5}; polls <= 2x the page's loop: {poll_ratio <= 2.0}")
     return ok
 
 
@@ -215,12 +233,13 @@ async def stall_bench() -> bool:
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--jobs", type=int, default=100, help="measured jobs per model and client")
+    parser.add_argument("--jobs", type=int, default=60, help="measured jobs per model and client")
     parser.add_argument("--time-scale", type=float, default=0.25, help="multiply every duration by this")
-    parser.add_argument("--spread", type=float, default=0.25, help="log-scale spread of job durations")
+    parser.add_argument("--spread", type=float, default=0.3, help="log-scale spread of job durations")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--budget", type=float, default=POLL_BUDGET, help="POLL_BUDGET (0: none, the old planner)")
     args = parser.parse_args()
-    ok_polling = await polling_bench(args.jobs, args.time_scale, args.spread, args.seed)
+    ok_polling = await polling_bench(args.jobs, args.time_scale, args.spread, args.seed, args.budget or None)
     ok_stall = await stall_bench()
     print("\nall targets met" if ok_polling and ok_stall else "\nsome targets NOT met")
 

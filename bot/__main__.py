@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from pydantic import ValidationError
@@ -41,13 +42,27 @@ def load_settings() -> Settings:
         sys.exit("configuration error: " + "; ".join(problems) + " (see .env.example)")
 
 
+async def freeze_startup_heap(ready: Callable[[], Awaitable[object]]) -> None:
+    """Once the bot is ready, move everything start-up allocated (modules, the catalog, discord.py's
+    caches) out of the garbage collector's reach (`gc.freeze`): a full collection during a burst of jobs
+    then scans only the burst's objects. bench_scale measured a 200-job burst's longest GC pause at
+    210 ms before and 37 ms after (overhead p50 1.3 s -> 0.2 s on a loaded machine)."""
+    await ready()
+    gc.collect()
+    gc.freeze()
+    log.debug("froze %d start-up objects out of the garbage collector's scans", gc.get_freeze_count())
+
+
 async def run(settings: Settings, *, on_ready: Callable[[object], None] | None = None) -> None:
     """Run the bot until it is closed (SIGINT/SIGTERM, or `await bot.close()`)."""
     from bot.discord_app import ImagineBot  # the adapter seam: the one place bot/ touches discord
 
     timeout = aiohttp.ClientTimeout(total=None, connect=30)
+    # No cap on connections (aiohttp's default is 100): a sync model holds its POST open for the whole
+    # generation, so 100 of them would keep every other job's request waiting. MAX_JOBS_GLOBAL bounds it.
+    connector = aiohttp.TCPConnector(limit=0)
     async with (
-        aiohttp.ClientSession(timeout=timeout) as session,
+        aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
         guarded_session(allow_loopback=settings.allow_loopback_http) as downloads,
         open_store(settings.database_url) as store,
     ):
@@ -69,11 +84,16 @@ async def run(settings: Settings, *, on_ready: Callable[[object], None] | None =
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.add_signal_handler(sig, lambda: bot.spawn(bot.close(), name="close-on-signal"))
                     handled.append(sig)
+            freezer = None
+            if settings.gc_freeze_after_start:
+                freezer = asyncio.create_task(freeze_startup_heap(bot.wait_until_ready), name="freeze-startup-heap")
             try:
                 if on_ready is not None:
                     on_ready(bot)
                 await bot.start(settings.discord_token.get_secret_value())
             finally:
+                if freezer is not None:
+                    freezer.cancel()
                 for sig in handled:
                     loop.remove_signal_handler(sig)
 

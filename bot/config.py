@@ -51,7 +51,11 @@ class Settings(BaseSettings):
     poll_history_size: int = Field(default=20, ge=1)
     poll_first_poll_spreads: float = Field(default=1.5, ge=0, le=5)
     poll_density: float = Field(default=0.2, gt=0, le=5)
+    poll_budget: float = Field(default=1.8, ge=0, le=20)  # × the gateway page's example loop; 0: no cap
+    gateway_max_requests_per_second: float | None = Field(default=None, gt=0)  # POSTs + polls; None: no cap
     download_max_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    # Finished images held in memory at once, in bytes; the rest wait in temporary files (0: all on disk).
+    image_memory_budget_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     allow_loopback_http: bool = False
 
     # Jobs
@@ -67,6 +71,7 @@ class Settings(BaseSettings):
     blocklist_max_terms: int = Field(default=500, ge=1, le=5000)
 
     # Operations
+    gc_freeze_after_start: bool = True  # keep start-up objects out of garbage-collector scans (gc.freeze)
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 

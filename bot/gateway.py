@@ -47,6 +47,8 @@ from bot.errors import (
 from bot.images import ImageData, decode_image_async, inspect_image_async, sniff_format
 from bot.net import refusal_of
 from bot.polling import PollSchedule
+from bot.throttle import RequestRateLimiter
+from bot.throttle.rate import SUBMIT_PRIORITY
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -201,6 +203,7 @@ class GatewayClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         download_session: aiohttp.ClientSession | None = None,
+        limiter: RequestRateLimiter | None = None,
     ) -> None:
         self._session = session
         # Result URLs come from the gateway's answers, so they are fetched through a session that refuses
@@ -216,6 +219,7 @@ class GatewayClient:
         self._rng = rng or random.Random()
         self._warned_statuses: set[tuple[str, str]] = set()
         self.on_status: Callable[[str], None] | None = None  # each exchange's HTTP status, or "error" (metrics)
+        self._limiter = limiter  # caps POSTs and polls (not result downloads: those go to other hosts)
 
     @classmethod
     def from_settings(
@@ -235,6 +239,11 @@ class GatewayClient:
             allow_loopback_http=settings.allow_loopback_http,
             poll_deadline=settings.poll_deadline_seconds,
             download_session=download_session,
+            limiter=(
+                RequestRateLimiter(settings.gateway_max_requests_per_second)
+                if settings.gateway_max_requests_per_second
+                else None
+            ),
         )
 
     def __repr__(self) -> str:
@@ -275,11 +284,15 @@ class GatewayClient:
         *,
         json_body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        priority: float = 0.0,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One HTTP exchange, transport failures mapped to domain errors.
 
+        Under a request-rate cap, waits for its turn first (`priority`: higher goes first).
         `aiohttp.ClientConnectorError` is left to the caller: it is the one failure where nothing was sent.
         """
+        if self._limiter is not None:
+            await self._limiter.acquire(priority)
         limit = self.download_max_bytes * _JSON_BODY_FACTOR
         try:
             async with self._session.request(
@@ -380,7 +393,7 @@ class GatewayClient:
         what = f"POST /images/generate/ ({model})"
         for attempt in range(len(_CONNECT_RETRY_DELAYS) + 1):
             try:
-                status, headers, raw = await self._call("POST", url, what, json_body=body)
+                status, headers, raw = await self._call("POST", url, what, json_body=body, priority=SUBMIT_PRIORITY)
                 break
             except aiohttp.ClientConnectorError as exc:
                 if attempt == len(_CONNECT_RETRY_DELAYS):
@@ -420,12 +433,15 @@ class GatewayClient:
             raise ContentPolicyError(f"{what}: {message}", status=None)
         raise GenerationFailedError(f"{what}: {message}", status=None, reason=_trim(message))
 
-    async def poll(self, operation_id: str, model: str) -> PollResult:
-        """One GET of an operation's state. HTTP errors raise; a failed operation is returned, not raised."""
+    async def poll(self, operation_id: str, model: str, *, priority: float = 0.0) -> PollResult:
+        """One GET of an operation's state. HTTP errors raise; a failed operation is returned, not raised.
+
+        `priority` orders polls waiting under a request-rate cap (the chance the operation has finished).
+        """
         url = f"{self._base}/images/generate/{operation_id}/"
         what = f"GET /images/generate/{operation_id}/ ({model})"
         try:
-            status, headers, raw = await self._call("GET", url, what, params={"model": model})
+            status, headers, raw = await self._call("GET", url, what, params={"model": model}, priority=priority)
         except aiohttp.ClientConnectorError as exc:
             raise GatewayUnavailableError(f"{what}: cannot connect", status=None) from exc
         if status == 404:
@@ -510,7 +526,10 @@ class GatewayClient:
             # Never sleep past the deadline: one last look right at it.
             await asyncio.sleep(max(0.0, min(delay, deadline - now)))
             try:
-                result = await self.poll(operation_id, model)
+                since_submit = self._clock() - started
+                result = await self.poll(
+                    operation_id, model, priority=schedule.finish_chance(last_pending, since_submit)
+                )
             except (GatewayTimeoutError, GatewayUnavailableError, UpstreamError, RateLimitedError) as exc:
                 failures += 1
                 last_error = exc

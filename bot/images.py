@@ -4,6 +4,10 @@ Everything here is CPU work on untrusted bytes. The sync functions do the work; 
 it in a worker thread so that a 20 MB base64 payload never stalls the event loop. The heavy C routines
 (base64, Pillow decoders and encoders) either release the GIL or are fed in chunks that let the loop's
 thread back in between.
+
+Checked images count against the process's image memory budget (`set_memory_budget`,
+IMAGE_MEMORY_BUDGET_BYTES): the `*_async` wrappers keep an image in memory while the budget has room and
+otherwise move it to a temporary file, which the upload then streams from.
 """
 
 from __future__ import annotations
@@ -13,13 +17,18 @@ import binascii
 import functools
 import io
 import logging
+import os
+import tempfile
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
 from bot.errors import DeliveryError, MalformedResponseError
+from bot.throttle.memory import ImageMemoryBudget
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +50,91 @@ _DATA_URL_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp"}
 
 @dataclass(frozen=True)
 class ImageData:
-    """A checked image: its bytes exactly as received, its format and size."""
+    """A checked image: its bytes exactly as received, its format and size.
+
+    The bytes are either in `data` or, for an image spooled out of the memory budget, in the temporary
+    file `path` (then `data` is empty); `size` counts them either way. Use `open()` or `read_bytes()`.
+    """
 
     data: bytes
     format: str  # "png" | "jpeg" | "webp"
     width: int
     height: int
+    path: str | None = None
+    spooled_size: int = 0
 
     @property
     def extension(self) -> str:
         """File extension for an upload, without the dot."""
         return _EXTENSIONS[self.format]
 
+    @property
+    def size(self) -> int:
+        """Bytes of the image file."""
+        return self.spooled_size if self.path is not None else len(self.data)
+
+    def open(self) -> BinaryIO:
+        """The image's bytes as a readable binary stream."""
+        return open(self.path, "rb") if self.path is not None else io.BytesIO(self.data)
+
+    def read_bytes(self) -> bytes:
+        """The image's bytes (reads the file of a spooled image)."""
+        if self.path is None:
+            return self.data
+        with open(self.path, "rb") as file:
+            return file.read()
+
     def __repr__(self) -> str:
         # Never print the payload (logs, test failures, tracebacks).
-        return f"ImageData(format={self.format!r}, {self.width}x{self.height}, {len(self.data)} bytes)"
+        where = ", spooled" if self.path is not None else ""
+        return f"ImageData(format={self.format!r}, {self.width}x{self.height}, {self.size} bytes{where})"
+
+
+# --- the memory budget ----------------------------------------------------------------------------------
+
+_budget = ImageMemoryBudget(None)
+
+
+def set_memory_budget(limit_bytes: int | None) -> ImageMemoryBudget:
+    """Set how many bytes of checked images the process keeps in memory at once (None: no limit)."""
+    global _budget
+    _budget = ImageMemoryBudget(limit_bytes)
+    return _budget
+
+
+def memory_budget() -> ImageMemoryBudget:
+    """The process's image memory budget."""
+    return _budget
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def keep_within_budget(image: ImageData, budget: ImageMemoryBudget | None = None) -> ImageData:
+    """`image` charged to the memory budget until it is garbage-collected, or, when the budget is full,
+    a copy of it in a temporary file (deleted when that copy is garbage-collected). Blocking: call it in a
+    worker thread."""
+    budget = budget or _budget
+    if image.path is not None:
+        return image
+    size = len(image.data)
+    if budget.try_reserve(size):
+        weakref.finalize(image, budget.release, size)
+        return image
+    fd, path = tempfile.mkstemp(prefix="imagine-", suffix="." + image.extension)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(image.data)
+    except BaseException:
+        _remove(path)
+        raise
+    spooled = ImageData(b"", image.format, image.width, image.height, path=path, spooled_size=size)
+    weakref.finalize(spooled, _remove, path)
+    return spooled
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -136,6 +215,14 @@ def decode_data_url(url: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageD
     return inspect_image(b64decode_strict(url, comma + 1), max_pixels=max_pixels)
 
 
+def _decode_and_keep(value: str, max_pixels: int) -> ImageData:
+    return keep_within_budget(decode_image(value, max_pixels=max_pixels))
+
+
+def _inspect_and_keep(data: bytes, max_pixels: int) -> ImageData:
+    return keep_within_budget(inspect_image(data, max_pixels=max_pixels))
+
+
 def decode_image(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
     """Decode either a data: URL or bare base64."""
     if value.startswith("data:"):
@@ -157,15 +244,16 @@ def _decode_executor() -> ThreadPoolExecutor:
 
 
 async def decode_image_async(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
-    """`decode_image` in a worker thread: a data: URL or bare base64 to a checked image."""
+    """`decode_image` in a worker thread: a data: URL or bare base64 to a checked image, kept within the
+    memory budget (`keep_within_budget`)."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_decode_executor(), functools.partial(decode_image, value, max_pixels=max_pixels))
+    return await loop.run_in_executor(_decode_executor(), _decode_and_keep, value, max_pixels)
 
 
 async def inspect_image_async(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
-    """`inspect_image` in a worker thread."""
+    """`inspect_image` in a worker thread, the image kept within the memory budget."""
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_decode_executor(), functools.partial(inspect_image, data, max_pixels=max_pixels))
+    return await loop.run_in_executor(_decode_executor(), _inspect_and_keep, data, max_pixels)
 
 
 # --- fitting under an upload limit --------------------------------------------------------------------------
@@ -189,10 +277,10 @@ def fit_for_upload(image: ImageData, limit_bytes: int) -> tuple[bytes, str]:
     The original bytes when they fit; otherwise lossy WebP (alpha kept) at decreasing quality, then smaller
     and smaller sizes. Raises `DeliveryError` when even a small thumbnail does not fit.
     """
-    if len(image.data) <= limit_bytes:
-        return image.data, image.extension
+    if image.size <= limit_bytes:
+        return image.read_bytes(), image.extension
     try:
-        with Image.open(io.BytesIO(image.data)) as opened:
+        with image.open() as stream, Image.open(stream) as opened:
             opened.load()
             has_alpha = opened.mode in ("RGBA", "LA", "PA") or (opened.mode == "P" and "transparency" in opened.info)
             img = opened.convert("RGBA" if has_alpha else "RGB")

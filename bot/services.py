@@ -10,6 +10,7 @@ from bot.automod import AutoModChecker
 from bot.catalog import Catalog
 from bot.config import Settings
 from bot.gateway import GatewayClient
+from bot.images import set_memory_budget
 from bot.jobs import JobService
 from bot.ledger import Ledger
 from bot.moderation import Moderator
@@ -54,6 +55,7 @@ class Services:
         `downloads` fetches result images (`bot.net.guarded_session`); without it, `session` does.
         """
         catalog = Catalog.load(settings.model_catalog_path)
+        set_memory_budget(settings.image_memory_budget_bytes)
         ledger = Ledger.from_settings(store, settings)
         gateway = GatewayClient.from_settings(session, settings, download_session=downloads)
         # The operator's seat: caps on every hold and admin figure, alerts, metrics, the kill switch.

@@ -215,7 +215,7 @@ class DiscordJobPresenter:
         raise AssertionError("unreachable")
 
     async def _post_fitted(self, job: JobRecord, delivery: Delivery, limit: int, *, via_webhook: bool) -> int:
-        names, blobs = await self._fit(job, delivery.images, limit)
+        names, sources = await self._fit(job, delivery.images, limit)
         reply_id = _reply_id(job)
         locale = job.locale if via_webhook else await self._server_locale(job)
         edit_reply: Callable[..., Awaitable[Any]]
@@ -247,7 +247,7 @@ class DiscordJobPresenter:
         posted = 0
         for start in range(0, len(names), MAX_ATTACHMENTS):
             chunk = range(start, min(start + MAX_ATTACHMENTS, len(names)))
-            files = [discord.File(io.BytesIO(blobs[i]), filename=names[i]) for i in chunk]
+            files = [_upload_file(sources[i], names[i]) for i in chunk]
             if start == 0:
                 embeds = result_embeds(
                     job,
@@ -271,14 +271,23 @@ class DiscordJobPresenter:
                 await delivery.record_posted(posted)
         return posted
 
-    async def _fit(self, job: JobRecord, images: list[ImageData], limit: int) -> tuple[list[str], list[bytes]]:
+    async def _fit(
+        self, job: JobRecord, images: list[ImageData], limit: int
+    ) -> tuple[list[str], list[ImageData | bytes]]:
+        """File names and what to upload: the image itself when it fits (streamed, never copied), else
+        its re-encoded bytes."""
         names: list[str] = []
-        blobs: list[bytes] = []
+        sources: list[ImageData | bytes] = []
         for index, image in enumerate(images, start=1):
-            data, extension = await fit_for_upload_async(image, limit)
+            source: ImageData | bytes
+            if image.size <= limit:
+                source, extension = image, image.extension
+            else:
+                source, extension = await fit_for_upload_async(image, limit)
             names.append(f"{SPOILER_PREFIX if job.spoiler else ''}{_file_prefix(job)}{index}.{extension}")
-            blobs.append(data)
-        return names, blobs
+            sources.append(source)
+        return names, sources
+
 
     async def _origin_url(self, job: JobRecord) -> str | None:
         """A remix links to the result it came from (when that job and its reply still exist)."""
@@ -288,3 +297,13 @@ class DiscordJobPresenter:
         if origin is None or origin.reply_message_id is None:
             return None
         return f"https://discord.com/channels/{origin.guild_id}/{origin.channel_id}/{origin.reply_message_id}"
+
+
+def _upload_file(source: ImageData | bytes, filename: str) -> discord.File:
+    """A `discord.File` over the bytes in memory, or over the spooled image's file (discord.py opens it,
+    streams it in chunks, and closes it after the request)."""
+    if isinstance(source, bytes):
+        return discord.File(io.BytesIO(source), filename=filename)
+    if source.path is not None:
+        return discord.File(source.path, filename=filename)
+    return discord.File(io.BytesIO(source.data), filename=filename)

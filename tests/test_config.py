@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import os
 import subprocess
 import sys
@@ -10,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from bot.__main__ import freeze_startup_heap
 from bot.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,3 +81,19 @@ def test_owner_ids_take_one_id_or_several(value: str, ids: set[int]) -> None:
 def test_owner_ids_that_are_not_ids_are_refused() -> None:
     with pytest.raises(ValidationError, match="owner_ids"):
         Settings(_env_file=None, discord_token="t" * 10, gateway_api_key="k" * 10, owner_ids="123,bob")
+async def test_freeze_startup_heap_waits_for_ready_then_freezes() -> None:
+    ready = asyncio.Event()
+
+    async def wait_ready() -> bool:
+        return await ready.wait()
+
+    gc.unfreeze()
+    task = asyncio.create_task(freeze_startup_heap(wait_ready))
+    await asyncio.sleep(0)
+    try:
+        assert gc.get_freeze_count() == 0, "nothing frozen before the bot is ready"
+        ready.set()
+        await asyncio.wait_for(task, 10)
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

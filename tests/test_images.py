@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import gc
 import io
+import os
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
@@ -19,7 +22,11 @@ from bot.images import (
     fit_for_upload_async,
     inspect_image,
     inspect_image_async,
+    keep_within_budget,
+    memory_budget,
+    set_memory_budget,
 )
+from bot.throttle import ImageMemoryBudget
 from tests.fakes import make_bomb_png, make_png
 
 
@@ -145,3 +152,63 @@ async def test_4096_noise_fits_under_10_mib() -> None:
     data, ext = await fit_for_upload_async(image, 10 * 1024 * 1024)
     assert ext == "webp" and len(data) <= 10 * 1024 * 1024
     assert isinstance(inspect_image(data), ImageData)
+
+
+# --- the memory budget ----------------------------------------------------------------------------------
+
+
+def test_within_budget_stays_in_memory_and_gives_its_bytes_back_when_dropped() -> None:
+    budget = ImageMemoryBudget(10_000)
+    png = make_png(32, 32)
+    kept = keep_within_budget(inspect_image(png), budget)
+    assert kept.path is None and kept.data == png and budget.held == len(png)
+    del kept
+    gc.collect()
+    assert budget.held == 0
+
+
+def test_over_budget_is_spooled_to_a_file_removed_when_dropped() -> None:
+    png = make_png(48, 48, noise=True)
+    budget = ImageMemoryBudget(len(png) + 10)
+    first = keep_within_budget(inspect_image(png), budget)
+    second = keep_within_budget(inspect_image(png), budget)
+    assert first.path is None
+    assert second.path is not None and second.data == b"" and second.size == len(png)
+    assert budget.held == len(png), "the spooled image is not charged"
+    with second.open() as stream:
+        assert stream.read() == png
+    assert second.read_bytes() == png and (second.width, second.height, second.format) == (48, 48, "png")
+    assert "spooled" in repr(second) and "iVBOR" not in repr(second)
+    path = second.path
+    del second
+    gc.collect()
+    assert not os.path.exists(path)
+
+
+def test_fit_reencodes_a_spooled_image() -> None:
+    png = make_png(256, 256, noise=True)
+    spooled = keep_within_budget(inspect_image(png), ImageMemoryBudget(0))
+    assert spooled.path is not None
+    assert fit_for_upload(spooled, 10_000_000) == (png, "png")
+    data, ext = fit_for_upload(spooled, len(png) // 2)
+    assert ext == "webp" and len(data) <= len(png) // 2
+
+
+@pytest.fixture
+def tight_budget() -> Iterator[ImageMemoryBudget]:
+    before = memory_budget()
+    budget = set_memory_budget(0)
+    try:
+        yield budget
+    finally:
+        set_memory_budget(before.limit_bytes)
+
+
+async def test_async_checks_keep_to_the_process_budget(tight_budget: ImageMemoryBudget) -> None:
+    png = make_png(40, 40)
+    decoded = await decode_image_async("data:image/png;base64," + base64.b64encode(png).decode())
+    inspected = await inspect_image_async(png)
+    assert decoded.path is not None and inspected.path is not None
+    assert decoded.read_bytes() == png == inspected.read_bytes()
+    set_memory_budget(None)
+    assert (await inspect_image_async(png)).path is None

@@ -157,7 +157,8 @@ def test_planner_from_settings() -> None:
 
 def test_density_and_first_poll_settings_trade_lag_for_polls() -> None:
     history = [8.0 * (1.0 + 0.05 * (i % 5 - 2)) for i in range(20)]
-    common = {"default_expected": 20.0, "min_interval": 0.01, "max_interval": 10.0}
+    # Without a poll budget: with one, the budget decides how dense (see the budget tests below).
+    common = {"default_expected": 20.0, "min_interval": 0.01, "max_interval": 10.0, "budget": None}
     default = PollSchedule.from_history(history, **common)
     denser = PollSchedule.from_history(history, density=0.1, **common)
     earlier = PollSchedule.from_history(history, first_poll_spreads=3.0, **common)
@@ -179,3 +180,67 @@ class _NoHistory:
 
     async def recent_durations(self, model: str, limit: int) -> list[float]:
         return []
+
+
+def reference_polls(duration: float) -> int:
+    """The gateway page's example loop: poll at once, then every 5 s, until done."""
+    return 2 + int(duration // 5) if duration % 5 else 1 + int(duration // 5)
+
+
+def average_polls(schedule: PollSchedule, durations: list[float]) -> float:
+    times = schedule.poll_times(10 * max(durations))
+    return sum(1 + sum(1 for t in times if t < d) for d in durations) / len(durations)
+
+
+@pytest.mark.parametrize("median", [3.0, 5.0, 8.0, 25.0, 60.0])
+def test_budget_keeps_polls_within_the_reference_multiple(median: float) -> None:
+    # A long history, so that the fit is close to the jobs' distribution (20 samples may be off by 15 %:
+    # bench/bench_polling.py shows what that costs).
+    history = lognormal(median, 0.3, 400, seed=2)
+    budget = fitted(history, budget=1.8)
+    jobs = lognormal(median, 0.3, 2000, seed=3)
+    reference = sum(reference_polls(d) for d in jobs) / len(jobs)
+    assert average_polls(budget, jobs) <= 2.0 * reference
+    assert budget.expected_polls() <= 1.8 * budget.reference_polls() * 1.001
+
+
+def test_short_jobs_get_fewer_polls_and_long_ones_more_under_a_budget() -> None:
+    short, long = lognormal(3.0, 0.3, 20), lognormal(60.0, 0.3, 20)
+    assert fitted(short, budget=1.8).expected_polls() < fitted(short, budget=None).expected_polls()
+    assert fitted(long, budget=1.8).expected_polls() > fitted(long, budget=None).expected_polls()
+    assert fitted(short, budget=1.8).stretch > 1 > fitted(long, budget=1.8).stretch
+
+
+def test_no_history_has_no_budget_to_fit() -> None:
+    assert fitted([], budget=1.8) == fitted([], budget=None)
+
+
+def test_finish_chance_is_highest_where_jobs_usually_finish() -> None:
+    schedule = fitted(lognormal(20.0, 0.25, 20))
+    early, central, late = (schedule.finish_chance(t - 1, t) for t in (8.0, 20.0, 60.0))
+    assert early < central
+    assert 0 <= early <= 1 and 0 <= central <= 1 and 0 <= late <= 1
+    assert schedule.finish_chance(10, 10) == 0
+    no_history = fitted([])
+    assert no_history.finish_chance(5, 10) == pytest.approx(0.5)
+
+
+async def test_planner_refits_a_full_history_at_most_every_few_seconds() -> None:
+    store = MemoryDurations()
+    now = [1000.0]
+    planner = PollPlanner(
+        store, history_size=20, default_expected=20, min_interval=MIN, max_interval=MAX, clock=lambda: now[0]
+    )
+    for seconds in lognormal(8.0, 0.3, 19):
+        await planner.record("m", seconds)
+    short = await planner.schedule_for("m")
+    await planner.record("m", 8.0)
+    first = await planner.schedule_for("m")
+    assert first is not short, "a history still filling up is refitted at once"
+    assert await planner.schedule_for("m") is first  # same history: the same fitted schedule
+    for _ in range(12):
+        await planner.record("m", 30.0)  # the model got much slower
+    assert await planner.schedule_for("m") is first, "a full history changed: reused for a while"
+    now[0] += 6.0
+    refitted = await planner.schedule_for("m")
+    assert refitted is not first and refitted.expected > 2 * first.expected

@@ -54,6 +54,8 @@ class World:
             shutdown_grace_seconds=0.5,
             quote_threshold=0,
             guild_ready_timeout=0.05,
+            # The bots of many tests share this process: freezing each one's heap would keep it forever.
+            gc_freeze_after_start=False,
         )
         values.update(self.overrides)
         values.update(overrides)

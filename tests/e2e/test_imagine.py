@@ -13,7 +13,7 @@ from bot.errors import StartupError
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, status_line
 from tests.fakes.fake_discord import CallbackType
-from tests.fakes.fake_gateway import Reply
+from tests.fakes.fake_gateway import Reply, make_png
 
 
 async def test_sync_model_delivers_pngs_with_progress_and_exact_charge(running: World) -> None:
@@ -52,6 +52,41 @@ async def test_async_model_is_polled_downloaded_and_delivered(running: World) ->
     job = await running.job_of(fi)
     assert job.operation_id and running.gw.polls_of(job.operation_id) >= 1
     assert await running.ledger_of(job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
+
+
+async def test_images_beyond_the_memory_budget_are_uploaded_from_disk(world: World) -> None:
+    """With no memory budget every image waits in a temporary file; the member gets the exact bytes."""
+    await world.start(image_memory_budget_bytes=0)
+    world.gw.configure("xai/grok-imagine-image", completion_delay=0.1, image_size=(96, 96), noise=True)
+    world.gw.configure("gemini-2.5-flash-image", image_size=(80, 80), noise=True)
+    async_fi = await world.imagine("a spooled lighthouse", model="xai/grok-imagine-image")
+    sync_fi = await world.imagine("a spooled harbour", model="gemini-2.5-flash-image", count=2)
+    for fi, size in ((async_fi, (96, 96)), (sync_fi, (80, 80))):
+        message = await world.finished(fi)
+        assert message.attachments and all(a.is_png for a in message.attachments)
+        expected = [make_png(*size, noise=True, seed=i) for i in range(len(message.attachments))]
+        assert [a.data for a in message.attachments] == expected
+
+
+async def test_more_sync_jobs_than_a_connection_pool_reach_the_gateway_together(world: World) -> None:
+    """A sync model holds its POST open while it generates; 120 of them must all be at the gateway at once
+    (aiohttp's default pool of 100 connections kept the rest waiting for a whole generation)."""
+    jobs = 120
+    await world.start(
+        max_jobs_per_member=jobs,
+        max_jobs_per_guild=jobs,
+        max_jobs_global=jobs,
+        max_queued_per_member=jobs,
+        default_allowance=10**6,
+    )
+    release = asyncio.Event()
+    world.gw.enqueue(Reply.held(release), method="POST", times=None)
+    interactions = [await world.imagine(f"held {i}", model="gemini-2.5-flash-image") for i in range(jobs)]
+    await world.fd.wait_for(lambda: len(world.gw.posts) >= jobs, timeout=WAIT, what=f"{jobs} POSTs at once")
+    release.set()
+    for fi in interactions:
+        message = await fi.wait_for_message_state(lambda m: bool(m.attachments), WAIT)
+        assert len(message.attachments) == 1
 
 
 FAILURES = [

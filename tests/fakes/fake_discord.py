@@ -963,6 +963,7 @@ class RecordedRequest:
     status: int = 0
     response: Any = None
     authorization: str | None = None
+    at: float = field(default_factory=time.monotonic)  # when the request arrived (for benches)
 
     def __repr__(self) -> str:
         return f"<{self.method} {self.path} -> {self.status}>"

@@ -190,6 +190,7 @@ class Operation:
     behaviour: ModelBehaviour
     polls: int = 0
     first_seen_done_at: float | None = None  # when a poll first answered it as complete
+    prompt: str = ""  # what the POST asked for (benches match operations to jobs by it)
 
 
 @dataclass
@@ -526,6 +527,7 @@ class FakeGateway:
             created=now,
             ready_at=now + behaviour.completion_delay,
             behaviour=behaviour,
+            prompt=str(body.get("prompt", "")),
         )
         return web.json_response({"operation_id": op_id, "status": behaviour.pending_status})
 
