@@ -145,8 +145,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _known_database(cls, value: str) -> str:
-        if not value.startswith(("sqlite:///", "sqlite+memory:")):
-            raise ValueError("only sqlite:///<path> is supported in this version")
+        if not value.startswith(("sqlite:///", "sqlite+memory:", "postgresql://", "postgres://")):
+            raise ValueError("must be sqlite:///<path> or postgresql://<user>@<host>/<database>")
         return value
 
     @field_validator("discord_token", "gateway_api_key")

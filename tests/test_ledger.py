@@ -35,12 +35,6 @@ def job(job_id: str, *, count: int = 2, price: int = 5, user_id: int = U) -> New
 
 
 @pytest.fixture
-async def store():
-    async with SqliteStore(":memory:") as s:
-        yield s
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock(ts("2024-03-15T13:00:00"))
 

@@ -17,6 +17,7 @@ deduction or a reset lowers available", and "after a successful paid hold, avail
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 
@@ -26,8 +27,11 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bot.errors import InsufficientCreditsError
 from bot.ledger import Ledger, period_bounds
+from bot.store.base import Store
+from bot.store.postgres import PostgresStore
 from bot.store.records import Allowance, EntryKind, JobStatus
 from bot.store.sqlite import SqliteStore
+from tests.conftest import PG_DSN, pg_admin, require_postgres
 from tests.factories import make_job
 
 G, U, ADMIN = 1, 2, 3
@@ -60,13 +64,16 @@ class LedgerMachine(RuleBasedStateMachine):
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.clock = Clock()
-        self.store = SqliteStore(":memory:")
+        self.store = self.make_store()
         self.run(self.store.open())
         self.ledger = Ledger(self.store, default_allowance=Allowance(ALLOWANCE, "month"), clock=self.clock)
         self.jobs: dict[str, ModelJob] = {}
         self.granted = 0  # grants − deductions in the current period
         self.captured = 0  # captured in the current period
         self.serial = 0
+
+    def make_store(self) -> Store:
+        return SqliteStore(":memory:")
 
     def run(self, coroutine):  # type: ignore[no-untyped-def]
         return self.loop.run_until_complete(coroutine)
@@ -214,3 +221,22 @@ LedgerMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLedgerRules = LedgerMachine.TestCase
+
+
+class PostgresLedgerMachine(LedgerMachine):
+    """The same rules on PostgreSQL, a fresh schema per example (dropped after it)."""
+
+    def make_store(self) -> Store:
+        self.run(require_postgres())
+        self.schema = f"t_{uuid.uuid4().hex[:16]}"
+        self.run(pg_admin(f"CREATE SCHEMA {self.schema}"))
+        return PostgresStore(PG_DSN, schema=self.schema, min_size=1, max_size=2)
+
+    def teardown(self) -> None:
+        self.run(self.store.close())
+        self.run(pg_admin(f"DROP SCHEMA {self.schema} CASCADE"))
+        self.loop.close()
+
+
+PostgresLedgerMachine.TestCase.settings = LedgerMachine.TestCase.settings
+TestLedgerRulesPostgres = PostgresLedgerMachine.TestCase

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -22,13 +21,6 @@ NOW = 1_710_000_000.0
 
 def job(job_id: str, user_id: int = MEMBER, *, price: int = 7, count: int = 1) -> NewJob:
     return make_job(id=job_id, guild_id=G, user_id=user_id, count=count, price=price, mode="async")
-
-
-@pytest.fixture(params=["file", "memory"])
-async def store(request, tmp_path: Path):
-    path = str(tmp_path / "race.db") if request.param == "file" else ":memory:"
-    async with SqliteStore(path) as s:
-        yield s
 
 
 @pytest.fixture

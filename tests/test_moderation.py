@@ -3,7 +3,6 @@ compiled list cached per server until any process changes it."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +10,8 @@ import pytest
 from bot import moderation
 from bot.errors import BlockedPromptError, InvalidValueError
 from bot.moderation import Blocklist, Moderator, compile_term, find_blocked
+from bot.store.base import Store
 from bot.store.records import BlockedTerm
-from bot.store.sqlite import SqliteStore
 
 
 def term(pattern: str, is_regex: bool = False, term_id: int = 1) -> BlockedTerm:
@@ -124,38 +123,38 @@ class CountingCompiles:
 
 
 async def test_a_servers_list_is_compiled_once_and_again_only_after_a_change(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with SqliteStore(str(tmp_path / "a.db")) as store:
-        for i in range(50):
-            await store.add_blocked_term(1, f"word{i}", False, actor_id=9, now=0.0)
-        await store.add_blocked_term(2, "other", False, actor_id=9, now=0.0)
-        moderator = Moderator(store)
-        compiles = CountingCompiles(monkeypatch)
-        for _ in range(20):
-            await moderator.check(1, "a harmless prompt")
-        assert compiles.calls == 1, "one program for the whole list, compiled once"
-        with pytest.raises(BlockedPromptError):
-            await moderator.check(1, "say word7 now")
-        await moderator.check(2, "say word7 now")  # each server has its own list
-        assert compiles.calls == 2
+    for i in range(50):
+        await store.add_blocked_term(1, f"word{i}", False, actor_id=9, now=0.0)
+    await store.add_blocked_term(2, "other", False, actor_id=9, now=0.0)
+    moderator = Moderator(store)
+    compiles = CountingCompiles(monkeypatch)
+    for _ in range(20):
+        await moderator.check(1, "a harmless prompt")
+    assert compiles.calls == 1, "one program for the whole list, compiled once"
+    with pytest.raises(BlockedPromptError):
+        await moderator.check(1, "say word7 now")
+    await moderator.check(2, "say word7 now")  # each server has its own list
+    assert compiles.calls == 2
 
-        await store.add_blocked_term(1, "harmless", False, actor_id=9, now=1.0)
-        with pytest.raises(BlockedPromptError):
-            await moderator.check(1, "a harmless prompt")
-        assert compiles.calls == 3
-        await moderator.check(1, "a kind prompt")
-        assert compiles.calls == 3
+    await store.add_blocked_term(1, "harmless", False, actor_id=9, now=1.0)
+    with pytest.raises(BlockedPromptError):
+        await moderator.check(1, "a harmless prompt")
+    assert compiles.calls == 3
+    await moderator.check(1, "a kind prompt")
+    assert compiles.calls == 3
 
 
-async def test_a_change_made_by_another_process_is_seen_by_the_next_prompt(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
-    async with SqliteStore(path) as ours, SqliteStore(path) as theirs:
-        moderator = Moderator(ours)
-        await moderator.check(1, "a red dragon")  # compiled and cached: nothing blocked
-        added = await theirs.add_blocked_term(1, "dragon", False, actor_id=9, now=0.0)
-        assert added is not None
-        with pytest.raises(BlockedPromptError):
-            await moderator.check(1, "a red dragon")
-        assert await theirs.remove_blocked_term(1, added.id, actor_id=9, now=1.0)
+async def test_a_change_made_by_another_process_is_seen_by_the_next_prompt(
+    shared_stores: tuple[Store, Store],
+) -> None:
+    ours, theirs = shared_stores
+    moderator = Moderator(ours)
+    await moderator.check(1, "a red dragon")  # compiled and cached: nothing blocked
+    added = await theirs.add_blocked_term(1, "dragon", False, actor_id=9, now=0.0)
+    assert added is not None
+    with pytest.raises(BlockedPromptError):
         await moderator.check(1, "a red dragon")
+    assert await theirs.remove_blocked_term(1, added.id, actor_id=9, now=1.0)
+    await moderator.check(1, "a red dragon")

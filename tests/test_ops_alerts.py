@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
 from bot.errors import BotDailyCapError, GatewayAuthError, ServerCapReachedError, UpstreamError
 from bot.ledger import Ledger
 from bot.ops.alerts import Alerts, WebhookSink
+from bot.store.base import Store
 from bot.store.records import Allowance
-from bot.store.sqlite import SqliteStore
 
 NOW = 1_710_000_000.0
 
 
-@pytest.fixture
-async def store() -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(":memory:") as s:
-        yield s
-
-
-def alerts_for(store: SqliteStore, sent: list[str], clock: float = NOW, **options: Any) -> Alerts:
+def alerts_for(store: Store, sent: list[str], clock: float = NOW, **options: Any) -> Alerts:
     ledger = Ledger(store, default_allowance=Allowance(100, "month"), clock=lambda: clock)
     alerts = Alerts(store, ledger, clock=lambda: clock, **options)
 
@@ -36,7 +28,7 @@ def alerts_for(store: SqliteStore, sent: list[str], clock: float = NOW, **option
     return alerts
 
 
-async def test_a_model_failing_above_the_rate_alerts_once_until_it_recovers(store: SqliteStore) -> None:
+async def test_a_model_failing_above_the_rate_alerts_once_until_it_recovers(store: Store) -> None:
     sent: list[str] = []
     alerts = alerts_for(store, sent, failure_rate=0.5, failure_window=10)
     for _ in range(4):
@@ -52,7 +44,7 @@ async def test_a_model_failing_above_the_rate_alerts_once_until_it_recovers(stor
     assert len(sent) == 2, "a new incident after recovery is announced again"
 
 
-async def test_a_401_incident_is_announced_once_and_closes_with_a_delivered_job(store: SqliteStore) -> None:
+async def test_a_401_incident_is_announced_once_and_closes_with_a_delivered_job(store: Store) -> None:
     sent: list[str] = []
     alerts = alerts_for(store, sent, failure_window=100)
     for _ in range(3):
@@ -63,7 +55,7 @@ async def test_a_401_incident_is_announced_once_and_closes_with_a_delivered_job(
     assert len(sent) == 2
 
 
-async def test_a_cap_alert_is_sent_once_per_period_even_from_a_second_process(store: SqliteStore) -> None:
+async def test_a_cap_alert_is_sent_once_per_period_even_from_a_second_process(store: Store) -> None:
     sent: list[str] = []
     first, second = alerts_for(store, sent), alerts_for(store, sent)
     for alerts in (first, second, first):

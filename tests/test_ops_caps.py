@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +19,8 @@ from bot.errors import (
 from bot.ledger import Ledger, period_bounds
 from bot.ops.caps import CapsPolicy
 from bot.policy import PolicyService
+from bot.store.base import Store
 from bot.store.records import Allowance, HoldLimits, JobStatus
-from bot.store.sqlite import SqliteStore
 from tests.factories import make_job
 
 G1, G2, OPERATOR = 7, 8, 1
@@ -33,14 +32,7 @@ def settings(**values: Any) -> Settings:
     return Settings(_env_file=None, discord_token="t" * 20, gateway_api_key="k" * 20, **values)  # type: ignore[call-arg]
 
 
-@pytest.fixture(params=["file", "memory"])
-async def store(request, tmp_path: Path):  # type: ignore[no-untyped-def]
-    path = str(tmp_path / "caps.db") if request.param == "file" else ":memory:"
-    async with SqliteStore(path) as s:
-        yield s
-
-
-def ledger_for(store: SqliteStore, clock: float = NOW, **values: Any) -> Ledger:
+def ledger_for(store: Store, clock: float = NOW, **values: Any) -> Ledger:
     ledger = Ledger(store, default_allowance=Allowance(10_000, "month"), clock=lambda: clock)
     ledger.caps = CapsPolicy(store, settings(**values), clock=lambda: clock)
     return ledger
@@ -52,7 +44,7 @@ async def spend(ledger: Ledger, guild_id: int, amount: int, user_id: int = 900) 
     await ledger.settle(record.id, JobStatus.DELIVERED, delivered_count=1)
 
 
-async def test_fifty_concurrent_requests_across_two_servers_never_pass_the_daily_cap(store: SqliteStore) -> None:
+async def test_fifty_concurrent_requests_across_two_servers_never_pass_the_daily_cap(store: Store) -> None:
     await spend(ledger_for(store, YESTERDAY), G1, 500)  # yesterday's spend does not count today
     ledger = ledger_for(store, operator_daily_cap=100)
     await spend(ledger, G1, 16)  # captured today, inside the first (partial) bucket of the day
@@ -70,7 +62,23 @@ async def test_fifty_concurrent_requests_across_two_servers_never_pass_the_daily
     assert [await store.get_job(job_id) for job_id in refused_ids] == [None] * 38, "a refusal writes nothing"
 
 
-async def test_the_monthly_cap_counts_every_day_of_the_month(store: SqliteStore) -> None:
+async def test_two_processes_at_the_daily_cap_never_pass_it_together(shared_stores: tuple[Store, Store]) -> None:
+    # Two stores on one database (PostgreSQL: two connection pools), 50 holds split between them across
+    # two servers: the bot-wide cap sums every server, so only a bot-wide lock keeps it exact.
+    first, second = shared_stores
+    await spend(ledger_for(first), G1, 16)
+    ledgers = (ledger_for(first, operator_daily_cap=100), ledger_for(second, operator_daily_cap=100))
+    jobs = [make_job(guild_id=(G1, G2)[i % 2], user_id=1000 + i, price=7) for i in range(50)]
+    results = await asyncio.gather(
+        *(ledgers[(i // 2) % 2].hold_for_job(j, []) for i, j in enumerate(jobs)), return_exceptions=True
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    assert len(held) == 12 and all(isinstance(r, BotDailyCapError) for r in results if r not in held)
+    day_start, _ = period_bounds("day", NOW)
+    assert await first.bot_spend(day_start) == await second.bot_spend(day_start) == 16 + 12 * 7
+
+
+async def test_the_monthly_cap_counts_every_day_of_the_month(store: Store) -> None:
     await spend(ledger_for(store, YESTERDAY), G2, 40)
     ledger = ledger_for(store, operator_monthly_cap=50)
     with pytest.raises(BotMonthlyCapError):
@@ -78,7 +86,7 @@ async def test_the_monthly_cap_counts_every_day_of_the_month(store: SqliteStore)
     assert (await ledger.hold_for_job(make_job(guild_id=G1, price=10), [])).hold_amount == 10
 
 
-async def test_a_server_cap_refuses_that_server_only_and_says_what_is_left(store: SqliteStore) -> None:
+async def test_a_server_cap_refuses_that_server_only_and_says_what_is_left(store: Store) -> None:
     ledger = ledger_for(store, operator_guild_cap=100, operator_guild_cap_period="day")
     await store.set_guild_ops(G1, actor_id=OPERATOR, now=NOW, cap=Allowance(20, "day"))
     await spend(ledger, G1, 15)
@@ -88,14 +96,14 @@ async def test_a_server_cap_refuses_that_server_only_and_says_what_is_left(store
     await ledger.hold_for_job(make_job(guild_id=G2, price=60), [])  # G2 has the settings' default: 100 a day
 
 
-async def test_the_widest_cap_is_the_one_the_member_hears_about(store: SqliteStore) -> None:
+async def test_the_widest_cap_is_the_one_the_member_hears_about(store: Store) -> None:
     ledger = ledger_for(store, operator_daily_cap=5)
     ledger._default_allowance = Allowance(3, "month")  # the member is short too
     with pytest.raises(BotDailyCapError):
         await ledger.hold_for_job(make_job(guild_id=G1, price=6), [])
 
 
-async def test_an_allowlisted_bot_refuses_an_unapproved_server_and_writes_nothing(store: SqliteStore) -> None:
+async def test_an_allowlisted_bot_refuses_an_unapproved_server_and_writes_nothing(store: Store) -> None:
     ledger = ledger_for(store, guild_access="allowlist")
     job = make_job(guild_id=G1, price=0)  # even a free job
     with pytest.raises(GuildNotApprovedError):
@@ -106,7 +114,7 @@ async def test_an_allowlisted_bot_refuses_an_unapproved_server_and_writes_nothin
     assert (await ledger.hold_for_job(make_job(guild_id=G1, price=5), [])).guild_id == G1
 
 
-async def test_the_store_itself_guards_approval_so_a_removal_cannot_race_a_hold(store: SqliteStore) -> None:
+async def test_the_store_itself_guards_approval_so_a_removal_cannot_race_a_hold(store: Store) -> None:
     limits = HoldLimits(allowance=None, period_start=0.0, require_approval=True)
     job = make_job(guild_id=G2, price=5)
     with pytest.raises(GuildNotApprovedError):
@@ -114,7 +122,7 @@ async def test_the_store_itself_guards_approval_so_a_removal_cannot_race_a_hold(
     assert await store.get_job(job.id) is None
 
 
-async def test_an_admin_cannot_set_a_budget_or_allowance_above_the_operator_cap(store: SqliteStore) -> None:
+async def test_an_admin_cannot_set_a_budget_or_allowance_above_the_operator_cap(store: Store) -> None:
     ledger = ledger_for(store, operator_guild_cap=1000, operator_guild_cap_period="month")
     policy = PolicyService(store, ledger, Catalog.load(None), bot_default_model="gemini-2.5-flash-image")
     policy.caps = ledger.caps

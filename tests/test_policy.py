@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import pytest
@@ -21,8 +20,8 @@ from bot.errors import (
 )
 from bot.ledger import Ledger
 from bot.policy import PolicyService
+from bot.store.base import Store
 from bot.store.records import Allowance, JobStatus
-from bot.store.sqlite import SqliteStore
 from tests.factories import make_job
 
 GUILD, ADMIN, MEMBER = 1, 900, 100
@@ -30,24 +29,18 @@ NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture
-async def store() -> AsyncIterator[SqliteStore]:
-    async with SqliteStore(":memory:") as s:
-        yield s  # type: ignore[misc]
-
-
-@pytest.fixture
-def ledger(store: SqliteStore) -> Ledger:
+def ledger(store: Store) -> Ledger:
     return Ledger(store, default_allowance=Allowance(500, "month"), clock=lambda: NOW)
 
 
 @pytest.fixture
-def policy(store: SqliteStore, ledger: Ledger) -> PolicyService:
+def policy(store: Store, ledger: Ledger) -> PolicyService:
     return PolicyService(store, ledger, Catalog.load(), bot_default_model="gemini-2.5-flash-image", clock=lambda: NOW)
 
 
 @pytest.mark.parametrize("amount", [-1, 1_000_001, None, True])
 async def test_bad_amounts_are_refused_and_nothing_is_written(
-    policy: PolicyService, store: SqliteStore, amount: object
+    policy: PolicyService, store: Store, amount: object
 ) -> None:
     with pytest.raises(InvalidAmountError):
         await policy.set_default_allowance(GUILD, ADMIN, amount, "month")  # type: ignore[arg-type]
@@ -57,7 +50,7 @@ async def test_bad_amounts_are_refused_and_nothing_is_written(
     assert (await store.get_policy(GUILD)).default_allowance is None
 
 
-async def test_bad_period_timezone_and_model_are_refused(policy: PolicyService, store: SqliteStore) -> None:
+async def test_bad_period_timezone_and_model_are_refused(policy: PolicyService, store: Store) -> None:
     with pytest.raises(InvalidValueError):
         await policy.set_budget(GUILD, ADMIN, 100, "fortnight")
     with pytest.raises(InvalidValueError):
@@ -69,7 +62,7 @@ async def test_bad_period_timezone_and_model_are_refused(policy: PolicyService, 
     assert await store.recent_audit(GUILD, 10) == []
 
 
-async def test_changes_are_audited_and_take_effect(policy: PolicyService, ledger: Ledger, store: SqliteStore) -> None:
+async def test_changes_are_audited_and_take_effect(policy: PolicyService, ledger: Ledger, store: Store) -> None:
     await policy.set_default_allowance(GUILD, ADMIN, 50, "day")
     await policy.set_role_allowance(GUILD, ADMIN, 7, 80, "day")
     assert (await ledger.balance(GUILD, MEMBER, [])).available == 50
@@ -91,7 +84,7 @@ async def test_default_model_must_be_allowed(policy: PolicyService) -> None:
     assert updated.default_model == "stability-ai/sdxl"
 
 
-async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store: SqliteStore) -> None:
+async def test_usage_and_csv_export(policy: PolicyService, ledger: Ledger, store: Store) -> None:
     job = make_job(
         id="a" * 32, guild_id=GUILD, user_id=MEMBER, model="stability-ai/sdxl", count=2, price=5, mode="async"
     )
@@ -125,7 +118,7 @@ async def test_the_default_model_cannot_be_disabled(policy: PolicyService) -> No
     assert not disabled.is_model_allowed("gemini-2.5-flash-image")
 
 
-async def test_a_full_blocklist_refuses_more_terms_and_writes_nothing(store: SqliteStore, ledger: Ledger) -> None:
+async def test_a_full_blocklist_refuses_more_terms_and_writes_nothing(store: Store, ledger: Ledger) -> None:
     capped = PolicyService(
         store,
         ledger,
@@ -152,7 +145,7 @@ async def test_a_full_blocklist_refuses_more_terms_and_writes_nothing(store: Sql
     assert (await capped.add_blocked_term(GUILD, ADMIN, "room again", False)).pattern == "room again"
 
 
-async def test_server_language_is_stored_audited_and_validated(policy: PolicyService, store: SqliteStore) -> None:
+async def test_server_language_is_stored_audited_and_validated(policy: PolicyService, store: Store) -> None:
     assert (await store.get_policy(GUILD)).language == "auto"
     with pytest.raises(InvalidValueError):
         await policy.set_language(GUILD, ADMIN, "klingon")
@@ -171,7 +164,7 @@ async def test_csv_headers_follow_the_admins_language(policy: PolicyService) -> 
 
 
 async def test_two_admins_at_once_never_leave_the_default_model_disabled(
-    policy: PolicyService, store: SqliteStore
+    policy: PolicyService, store: Store
 ) -> None:
     # One admin makes gpt-image-1 the default while another disables it: one of them must be refused.
     results = await asyncio.gather(

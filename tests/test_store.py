@@ -1,5 +1,6 @@
-"""SqliteStore: migrations, every method's round trip, exactly-once settlement, compare-and-set, audit,
-and two stores on one file (as two processes) never overspending."""
+"""The store contract, on SQLite (file, memory) and PostgreSQL: every method's round trip, exactly-once
+settlement, compare-and-set, audit, and two stores on one database (as two processes) never overspending;
+SQLite's own migrations and file at the start."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 
 from bot.errors import BudgetExhaustedError, InsufficientCreditsError, ServerQueueFullError, TooManyJobsError
 from bot.store import Store, open_store
+from bot.store.base import DuplicateJobError
 from bot.store.records import (
     Allowance,
     EntryKind,
@@ -44,13 +46,6 @@ def new_job(job_id: str, *, user_id: int = U, guild_id: int = G, count: int = 2,
         options={"aspect_ratio": "1:1"},
         **extra,
     )
-
-
-@pytest.fixture(params=["file", "memory"])
-async def store(request, tmp_path: Path):
-    path = str(tmp_path / "nested" / "bot.db") if request.param == "file" else ":memory:"
-    async with SqliteStore(path) as s:
-        yield s
 
 
 @pytest.fixture
@@ -96,7 +91,7 @@ async def test_ledger_is_append_only(tmp_path: Path) -> None:
 # --- jobs and holds --------------------------------------------------------------------------------------
 
 
-async def test_create_job_round_trips_every_field(store: SqliteStore) -> None:
+async def test_create_job_round_trips_every_field(store: Store) -> None:
     job = new_job(
         "j1",
         locale="de",
@@ -115,7 +110,7 @@ async def test_create_job_round_trips_every_field(store: SqliteStore) -> None:
     assert (hold.kind, hold.amount, hold.job_id, hold.model, hold.actor_id) == (EntryKind.HOLD, 10, "j1", "model-a", U)
 
 
-async def test_hold_refused_writes_nothing_and_reports_figures(store: SqliteStore) -> None:
+async def test_hold_refused_writes_nothing_and_reports_figures(store: Store) -> None:
     limits = HoldLimits(allowance=25, period_start=0.0)
     await store.create_job_with_hold(new_job("j1"), limits, now=NOW)  # 10 held
     await store.create_job_with_hold(new_job("j2"), limits, now=NOW)  # 20 held
@@ -132,7 +127,7 @@ async def test_hold_refused_writes_nothing_and_reports_figures(store: SqliteStor
     assert await store.get_job("j4") is None
 
 
-async def test_free_job_needs_no_credits(store: SqliteStore) -> None:
+async def test_free_job_needs_no_credits(store: Store) -> None:
     await store.add_adjustment(G, U, EntryKind.DEDUCT, 50, actor_id=ADMIN, reason="x", now=NOW)
     job = await store.create_job_with_hold(new_job("free", price=0), HoldLimits(allowance=0, period_start=0), now=NOW)
     assert job.hold_amount == 0
@@ -141,7 +136,7 @@ async def test_free_job_needs_no_credits(store: SqliteStore) -> None:
     assert [e.kind for e in await store.ledger_entries(G, 0, NOW + 1)] == [EntryKind.DEDUCT]
 
 
-async def test_duplicate_job_id_fails_only_that_caller(store: SqliteStore) -> None:
+async def test_duplicate_job_id_fails_only_that_caller(store: Store) -> None:
     await store.create_job_with_hold(new_job("dup"), UNLIMITED, now=NOW)
     results = await asyncio.gather(
         *(store.create_job_with_hold(new_job(f"ok{i}"), UNLIMITED, now=NOW) for i in range(5)),
@@ -149,12 +144,12 @@ async def test_duplicate_job_id_fails_only_that_caller(store: SqliteStore) -> No
         return_exceptions=True,
     )
     assert [type(r).__name__ for r in results[:5]] == ["JobRecord"] * 5
-    assert isinstance(results[5], sqlite3.IntegrityError)
+    assert isinstance(results[5], DuplicateJobError)
     totals = await store.member_totals(G, U, 0.0)
     assert totals.held == 60  # the duplicate held nothing more
 
 
-async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: SqliteStore) -> None:
+async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1", count=4, price=5), UNLIMITED, now=NOW)
     done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=3, now=NOW + 5)
     assert done is not None
@@ -168,7 +163,7 @@ async def test_finish_job_delivered_captures_delivered_and_releases_rest(store: 
     assert await store.member_totals(G, U, 0.0) == MemberTotals(granted=0, captured=15, held=0)
 
 
-async def test_finish_job_is_exactly_once(store: SqliteStore) -> None:
+async def test_finish_job_is_exactly_once(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     failed = await store.finish_job("j1", JobStatus.FAILED, error_key="error.upstream", error_detail="502", now=NOW)
     assert failed is not None and failed.charged == 0 and failed.error_key == "error.upstream"
@@ -180,12 +175,12 @@ async def test_finish_job_is_exactly_once(store: SqliteStore) -> None:
     assert (await store.get_job("j1")).status is JobStatus.FAILED  # type: ignore[union-attr]
 
 
-async def test_finish_job_rejects_non_terminal_status(store: SqliteStore) -> None:
+async def test_finish_job_rejects_non_terminal_status(store: Store) -> None:
     with pytest.raises(ValueError):
         await store.finish_job("j1", JobStatus.POLLING, now=NOW)
 
 
-async def test_update_job_compare_and_set(store: SqliteStore) -> None:
+async def test_update_job_compare_and_set(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     assert await store.update_job("j1", expect=[JobStatus.POLLING], status=JobStatus.DELIVERING) is None
     moved = await store.update_job(
@@ -216,7 +211,7 @@ async def test_update_job_compare_and_set(store: SqliteStore) -> None:
     assert await store.update_job("missing", operation_id="x") is None
 
 
-async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: SqliteStore) -> None:
+async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     await store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING)
     assert await store.finish_job("j1", JobStatus.CANCELLED, expect=JobStatus.QUEUED, now=NOW) is None
@@ -228,7 +223,7 @@ async def test_a_queued_only_settlement_leaves_a_claimed_job_alone(store: Sqlite
     assert cancelled is not None and cancelled.status == JobStatus.CANCELLED
 
 
-async def test_queue_limits_hold_under_a_burst(store: SqliteStore) -> None:
+async def test_queue_limits_hold_under_a_burst(store: Store) -> None:
     limits = HoldLimits(allowance=None, period_start=0.0, max_member_jobs=2, max_guild_jobs=3)
     burst = [new_job(f"m{i}", user_id=U) for i in range(5)] + [new_job(f"o{i}", user_id=U + 1 + i) for i in range(5)]
     results = await asyncio.gather(
@@ -244,7 +239,7 @@ async def test_queue_limits_hold_under_a_burst(store: SqliteStore) -> None:
     assert await store.create_job_with_hold(new_job("late", user_id=U + 9), limits, now=NOW)
 
 
-async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
+async def test_update_job_race_has_one_winner(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     results = await asyncio.gather(
         *(store.update_job("j1", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING) for _ in range(10))
@@ -252,7 +247,7 @@ async def test_update_job_race_has_one_winner(store: SqliteStore) -> None:
     assert sum(r is not None for r in results) == 1
 
 
-async def test_active_and_recent_jobs(store: SqliteStore) -> None:
+async def test_active_and_recent_jobs(store: Store) -> None:
     for i in range(3):
         await store.create_job_with_hold(new_job(f"j{i}"), UNLIMITED, now=NOW + i)
     await store.create_job_with_hold(new_job("other", user_id=U + 1), UNLIMITED, now=NOW + 10)
@@ -261,7 +256,7 @@ async def test_active_and_recent_jobs(store: SqliteStore) -> None:
     assert [j.id for j in await store.recent_jobs(G, U, 2)] == ["j2", "j1"]
 
 
-async def test_cancelled_caller_still_settles(store: SqliteStore) -> None:
+async def test_cancelled_caller_still_settles(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1"), UNLIMITED, now=NOW)
     task = asyncio.ensure_future(store.finish_job("j1", JobStatus.DELIVERED, delivered_count=1, now=NOW))
     await asyncio.sleep(0)  # submitted
@@ -277,7 +272,7 @@ async def test_cancelled_caller_still_settles(store: SqliteStore) -> None:
 # --- sums and reports ------------------------------------------------------------------------------------
 
 
-async def test_sums_and_reports(store: SqliteStore) -> None:
+async def test_sums_and_reports(store: Store) -> None:
     await store.add_adjustment(G, U, EntryKind.GRANT, 40, actor_id=ADMIN, reason="event", now=NOW)
     await store.add_adjustment(G, U, EntryKind.DEDUCT, 15, actor_id=ADMIN, reason="abuse", now=NOW)
     await store.add_adjustment(G, U, EntryKind.GRANT, 1000, actor_id=ADMIN, reason="old", now=NOW - 1000)
@@ -298,7 +293,7 @@ async def test_sums_and_reports(store: SqliteStore) -> None:
     assert [e.kind for e in window] == [EntryKind.GRANT, EntryKind.DEDUCT, EntryKind.HOLD, EntryKind.HOLD]
 
 
-async def test_add_adjustment_validates_and_audits(store: SqliteStore) -> None:
+async def test_add_adjustment_validates_and_audits(store: Store) -> None:
     entry = await store.add_adjustment(G, U, EntryKind.GRANT, 7, actor_id=ADMIN, reason="thanks", now=NOW)
     assert (entry.kind, entry.amount, entry.actor_id, entry.reason) == (EntryKind.GRANT, 7, ADMIN, "thanks")
     assert (await store.ledger_entries(G, 0, NOW + 1)) == [entry]
@@ -313,7 +308,7 @@ async def test_add_adjustment_validates_and_audits(store: SqliteStore) -> None:
 # --- policy, allowances, audit, moderation, small state ---------------------------------------------------
 
 
-async def test_policy_defaults_and_updates_are_audited(store: SqliteStore) -> None:
+async def test_policy_defaults_and_updates_are_audited(store: Store) -> None:
     assert await store.get_policy(G) == GuildPolicy(guild_id=G)
     policy = await store.update_policy(
         G,
@@ -347,7 +342,7 @@ async def test_policy_defaults_and_updates_are_audited(store: SqliteStore) -> No
     assert await store.get_policy(G + 1) == GuildPolicy(guild_id=G + 1)
 
 
-async def test_role_and_member_allowances_are_audited(store: SqliteStore) -> None:
+async def test_role_and_member_allowances_are_audited(store: Store) -> None:
     await store.set_role_allowance(G, 1, Allowance(100, "week"), actor_id=ADMIN, now=NOW)
     await store.set_role_allowance(G, 2, Allowance(None, "unlimited"), actor_id=ADMIN, now=NOW)
     await store.set_role_allowance(G, 1, Allowance(120, "week"), actor_id=ADMIN, now=NOW)
@@ -364,7 +359,7 @@ async def test_role_and_member_allowances_are_audited(store: SqliteStore) -> Non
     assert len(await store.recent_audit(G, 2)) == 2
 
 
-async def test_allowance_context_matches_the_separate_reads(store: SqliteStore) -> None:
+async def test_allowance_context_matches_the_separate_reads(store: Store) -> None:
     assert await store.allowance_context(G, U) == (None, {}, GuildPolicy(guild_id=G))
     await store.update_policy(G, actor_id=ADMIN, now=NOW, timezone="Asia/Tokyo", budget=Allowance(9, "day"))
     await store.set_model_rule(G, "model-a", False, actor_id=ADMIN, now=NOW)
@@ -377,7 +372,7 @@ async def test_allowance_context_matches_the_separate_reads(store: SqliteStore) 
     assert (await store.allowance_context(G, U + 1))[0] is None
 
 
-async def test_blocked_terms_are_audited(store: SqliteStore) -> None:
+async def test_blocked_terms_are_audited(store: Store) -> None:
     term = await store.add_blocked_term(G, r"\bgore\b", True, actor_id=ADMIN, now=NOW)
     other = await store.add_blocked_term(G, "spoiler", False, actor_id=ADMIN, now=NOW)
     assert await store.blocked_terms(G) == [term, other]
@@ -391,7 +386,7 @@ async def test_blocked_terms_are_audited(store: SqliteStore) -> None:
     assert audit[0].detail["term_id"] == term.id and audit[-1].detail["term_id"] == term.id
 
 
-async def test_the_blocklist_version_changes_with_every_change_and_only_then(store: SqliteStore) -> None:
+async def test_the_blocklist_version_changes_with_every_change_and_only_then(store: Store) -> None:
     assert await store.blocklist_version(G) == 0
     term = await store.add_blocked_term(G, "gore", False, actor_id=ADMIN, now=NOW)
     assert term is not None
@@ -404,7 +399,7 @@ async def test_the_blocklist_version_changes_with_every_change_and_only_then(sto
     assert await store.blocklist_version(G) not in (0, after_add)
 
 
-async def test_durations_keep_the_newest(store: SqliteStore) -> None:
+async def test_durations_keep_the_newest(store: Store) -> None:
     for i in range(DURATIONS_KEPT_PER_MODEL + 20):
         await store.record_duration("model-a", float(i), now=NOW + i)
     await store.record_duration("model-b", 3.5, now=NOW)
@@ -413,45 +408,44 @@ async def test_durations_keep_the_newest(store: SqliteStore) -> None:
     assert await store.recent_durations("model-b", 5) == [3.5]
 
 
-async def test_meta(store: SqliteStore) -> None:
+async def test_meta(store: Store) -> None:
     assert await store.get_meta("k") is None
     await store.set_meta("k", "1")
     await store.set_meta("k", "2")
     assert await store.get_meta("k") == "2"
 
 
-# --- two processes on one file ----------------------------------------------------------------------------
+# --- two processes on one database ------------------------------------------------------------------------
 
 
-async def test_two_stores_on_one_file_never_overspend(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
+async def test_two_stores_on_one_database_never_overspend(shared_stores: tuple[Store, Store]) -> None:
     limits = HoldLimits(allowance=100, period_start=0.0)
-    async with SqliteStore(path) as first, SqliteStore(path) as second:
-        stores = (first, second)
-        results = await asyncio.gather(
-            *(
-                stores[i % 2].create_job_with_hold(new_job(f"j{i}", count=1, price=7), limits, now=NOW)
-                for i in range(40)
-            ),
-            return_exceptions=True,
-        )
-        held = [r for r in results if not isinstance(r, BaseException)]
-        refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
-        assert len(held) == 100 // 7 and len(refused) == 40 - 100 // 7
-        assert all(r.params == {"needed": 7, "available": 100 - 7 * 14} for r in refused)
-        # settle from both sides at once: each job captured once
-        settled = await asyncio.gather(
-            *(s.finish_job(job.id, JobStatus.DELIVERED, delivered_count=1, now=NOW) for job in held for s in stores)
-        )
-        assert sum(r is not None for r in settled) == len(held)
-        totals = await first.member_totals(G, U, 0.0)
-        assert (totals.captured, totals.held) == (7 * 14, 0)
+    first, second = shared_stores
+    stores = (first, second)
+    results = await asyncio.gather(
+        *(
+            stores[i % 2].create_job_with_hold(new_job(f"j{i}", count=1, price=7), limits, now=NOW)
+            for i in range(40)
+        ),
+        return_exceptions=True,
+    )
+    held = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, InsufficientCreditsError)]
+    assert len(held) == 100 // 7 and len(refused) == 40 - 100 // 7
+    assert all(r.params == {"needed": 7, "available": 100 - 7 * 14} for r in refused)
+    # settle from both sides at once: each job captured once
+    settled = await asyncio.gather(
+        *(s.finish_job(job.id, JobStatus.DELIVERED, delivered_count=1, now=NOW) for job in held for s in stores)
+    )
+    assert sum(r is not None for r in settled) == len(held)
+    totals = await first.member_totals(G, U, 0.0)
+    assert (totals.captured, totals.held) == (7 * 14, 0)
 
 
 # --- running totals (migration 0002) ------------------------------------------------------------------------
 
 
-async def test_period_sums_are_exact_for_any_period_start(store: SqliteStore) -> None:
+async def test_period_sums_are_exact_for_any_period_start(store: Store) -> None:
     rng = random.Random(7)
     base = 1_700_000_123.25  # not on a 15-minute boundary
     aligned = 1_700_001_000.0  # a 15-minute boundary: lines at it and just after it are edge cases
@@ -502,7 +496,7 @@ async def test_later_migration_backfills_an_existing_database(tmp_path: Path) ->
         ]
 
 
-async def test_settlement_never_captures_more_than_was_asked(store: SqliteStore) -> None:
+async def test_settlement_never_captures_more_than_was_asked(store: Store) -> None:
     await store.create_job_with_hold(new_job("j1", count=2, price=5), UNLIMITED, now=NOW)
     done = await store.finish_job("j1", JobStatus.DELIVERED, delivered_count=5, now=NOW)
     assert done is not None and done.delivered_count == 2 and done.charged == 10
@@ -510,7 +504,7 @@ async def test_settlement_never_captures_more_than_was_asked(store: SqliteStore)
     assert [e.amount for e in captured] == [10]
 
 
-async def test_a_period_starting_inside_a_bucket_counts_its_first_lines(store: SqliteStore) -> None:
+async def test_a_period_starting_inside_a_bucket_counts_its_first_lines(store: Store) -> None:
     # The period starts 100 s into a 15-minute bucket; 40 credits were spent before the bucket ends.
     start = 900 * 1000 + 100
     limits = HoldLimits(allowance=50, period_start=start)

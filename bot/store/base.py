@@ -1,8 +1,9 @@
 """The store interface. The ledger and the job code use only this; SQL lives only in implementations.
 
-SQLite (`bot.store.sqlite`) is the embedded default. A PostgreSQL store for several bot processes will
-implement the same interface, so every method that moves credits is one atomic operation here, never a
-read in one call and a write in the next.
+SQLite (`bot.store.sqlite`) is the embedded default; PostgreSQL (`bot.store.postgres`) serves several bot
+processes on one database. Both are `bot.store.common.SqlStore`: one implementation of every method over
+the SQL in `bot.store.sql`, with only connections, locking and commit batching per dialect. Every method
+that moves credits is one atomic operation here, never a read in one call and a write in the next.
 
 Times are epoch seconds (float, UTC). Every method is safe to call from many tasks at once.
 """
@@ -27,9 +28,15 @@ from bot.store.records import (
     LedgerEntry,
     MemberTotals,
     NewJob,
+    ProcessRecord,
+    RunLimits,
     SpendLine,
     Style,
 )
+
+
+class DuplicateJobError(ValueError):
+    """`create_job_with_hold` was given a job id that already exists: nothing was held or written."""
 
 
 class Store(ABC):
@@ -77,8 +84,9 @@ class Store(ABC):
         require_approval, the server must be approved (`set_guild_ops`). Raises, widest limit first,
         `GuildNotApprovedError`, `BotDailyCapError`, `BotMonthlyCapError`, `ServerCapReachedError(needed,
         remaining)`, `TooManyJobsError(limit)`, `ServerQueueFullError(limit)`, `InsufficientCreditsError(needed,
-        available)` or `BudgetExhaustedError(needed, remaining)`, and writes nothing when any fails.
-        Concurrent calls can never overspend nor overfill the queue.
+        available)` or `BudgetExhaustedError(needed, remaining)`, and writes nothing when any fails;
+        `DuplicateJobError` for a job id already used. Concurrent calls, from any number of tasks or
+        processes sharing the database, can never overspend nor overfill the queue.
         """
 
     @abstractmethod
@@ -169,6 +177,61 @@ class Store(ABC):
     @abstractmethod
     async def recent_jobs(self, guild_id: int, user_id: int, limit: int) -> list[JobRecord]:
         """A member's latest jobs in a server, newest first."""
+
+    # --- job ownership by lease (several processes on one database) -------------------------------------
+    #
+    # A process claims a queued job by becoming its owner with a lease (an expiry time) that it renews
+    # while the job runs. A process that dies stops renewing; once the lease has passed and its heartbeat
+    # is stale, another process takes the job over and resumes it as recovery does. Cancel is a flag any
+    # process sets and the owner reads at each step; the job is settled once, by `finish_job`.
+
+    @abstractmethod
+    async def claim_jobs(
+        self, owner: str, limits: RunLimits, *, lease_seconds: float, now: float, most: int = 100
+    ) -> list[JobRecord]:
+        """Claim up to `most` QUEUED unowned jobs for `owner`, leased until now + lease_seconds.
+
+        One atomic step across every process: jobs already owned (not terminal) count against
+        limits.per_member, per_guild and global_limit, and the claim never exceeds them. Members take
+        turns: every member's oldest queued job comes before anyone's second. Returns the claimed jobs,
+        oldest first.
+        """
+
+    @abstractmethod
+    async def renew_leases(self, owner: str, *, lease_seconds: float, now: float) -> set[str]:
+        """Extend the lease of every active job `owner` holds; the ids it still owns (a job missing from
+        the answer was taken over or finished, and the owner must stop acting on it)."""
+
+    @abstractmethod
+    async def take_over_jobs(
+        self, owner: str, *, lease_seconds: float, alive_seconds: float, now: float
+    ) -> list[JobRecord]:
+        """Take ownership of active jobs whose lease expired and whose owner has sent no heartbeat for
+        `alive_seconds`. A job whose owner is alive is never taken. Each job goes to one taker only."""
+
+    @abstractmethod
+    async def release_job(self, job_id: str, owner: str) -> bool:
+        """Give back an unfinished job `owner` holds (say, on shutdown), so another process may claim it."""
+
+    @abstractmethod
+    async def request_cancel(self, job_id: str) -> bool:
+        """Set the cancel-requested flag of an active job (from any process); False if it is finished."""
+
+    @abstractmethod
+    async def cancel_requested(self, job_id: str) -> bool:
+        """Whether a cancel was requested for the job: the owner reads this at each step."""
+
+    @abstractmethod
+    async def heartbeat(self, process_id: str, shards: Sequence[int], version: str, *, now: float) -> None:
+        """Record that `process_id` (running `shards`, at `version`) is alive at `now`."""
+
+    @abstractmethod
+    async def alive_processes(self, *, alive_seconds: float, now: float) -> list[ProcessRecord]:
+        """Processes with a heartbeat in the last `alive_seconds`, oldest started first."""
+
+    @abstractmethod
+    async def forget_process(self, process_id: str) -> None:
+        """Remove a process's heartbeat (a clean shutdown)."""
 
     # --- adaptive polling history ------------------------------------------------------------------------
 

@@ -117,6 +117,8 @@ class JobRecord:
     submitted_at: float | None = None
     completed_at: float | None = None  # the gateway reported the images ready
     finished_at: float | None = None
+    owner: str | None = None  # the process running the job (None: queued and unclaimed)
+    lease_expires_at: float | None = None  # the owner renews this; past it, another process may take over
     style: str | None = None
     remix_of: str | None = None
     spoiler: bool = False
@@ -231,6 +233,26 @@ class BlockedTerm:
     is_regex: bool
     created_by: int
     created_at: float
+
+
+@dataclass(frozen=True)
+class RunLimits:
+    """How many claimed (running) jobs may exist at once, across every process."""
+
+    per_member: int
+    per_guild: int
+    global_limit: int
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """One bot process as its heartbeat last recorded it."""
+
+    process_id: str
+    shards: tuple[int, ...]
+    version: str
+    started_at: float
+    last_seen: float
 
 
 @dataclass(frozen=True)

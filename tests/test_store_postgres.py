@@ -1,0 +1,73 @@
+"""What only PostgreSQL has: the database itself refuses ledger changes, two processes migrating at once,
+and DATABASE_URL choosing it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import pytest
+
+from bot.store import open_store
+from bot.store.common import load_migrations
+from bot.store.postgres import PostgresStore
+from bot.store.records import HoldLimits
+from tests.conftest import PG_DSN
+from tests.factories import make_job
+
+NOW = 1_710_000_000.0
+
+
+def test_database_url_picks_postgres() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:5432/test")
+    assert isinstance(store, PostgresStore) and store.dsn.endswith("/test")
+
+
+async def test_two_processes_migrating_at_once_apply_each_migration_once(pg_schema: str) -> None:
+    stores = [PostgresStore(PG_DSN, schema=pg_schema, min_size=1, max_size=2) for _ in range(3)]
+    await asyncio.gather(*(s.open() for s in stores))
+    try:
+        conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": pg_schema})
+        try:
+            versions = [r[0] for r in await conn.fetch("SELECT version FROM schema_version ORDER BY version")]
+        finally:
+            await conn.close()
+        assert versions == [v for v, _, _ in load_migrations("postgres")]
+    finally:
+        await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_the_database_refuses_ledger_updates_deletes_and_truncate(pg_schema: str) -> None:
+    async with PostgresStore(PG_DSN, schema=pg_schema) as store:
+        await store.create_job_with_hold(make_job(id="j", count=1, price=5), HoldLimits(None, 0.0), now=NOW)
+    conn = await asyncpg.connect(PG_DSN, server_settings={"search_path": pg_schema})
+    try:
+        for statement in ("UPDATE ledger SET amount = 1", "DELETE FROM ledger", "TRUNCATE ledger"):
+            with pytest.raises(asyncpg.IntegrityConstraintViolationError, match="append-only"):
+                await conn.execute(statement)
+        assert await conn.fetchval("SELECT count(*) FROM ledger") == 1
+    finally:
+        await conn.close()
+
+
+def test_each_dialect_runs_its_own_file_or_the_portable_one() -> None:
+    names = {dialect: [name for _, name, _ in load_migrations(dialect)] for dialect in ("sqlite", "postgres")}
+    assert names["sqlite"][:2] == ["0001_initial.sql", "0002_spend_buckets.sql"]
+    assert names["postgres"][:2] == ["0001_initial.postgres.sql", "0002_spend_buckets.postgres.sql"]
+    portable = "0008_leases_and_processes.sql"
+    assert portable in names["sqlite"] and portable in names["postgres"]
+    assert [v for v, _, _ in load_migrations("sqlite")] == [v for v, _, _ in load_migrations("postgres")]
+
+
+def test_a_portable_migration_with_real_is_refused_for_postgres(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    package = tmp_path / "fake_migrations"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "0001_a.sql").write_text("-- REAL in a comment is fine\nCREATE TABLE t (x DOUBLE PRECISION);\n")
+    (package / "0002_b.sql").write_text("ALTER TABLE t ADD COLUMN seen_at REAL;\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert [n for _, n, _ in load_migrations("sqlite", "fake_migrations")] == ["0001_a.sql", "0002_b.sql"]
+    with pytest.raises(RuntimeError, match=r"0002_b\.sql uses REAL"):
+        load_migrations("postgres", "fake_migrations")
+    (package / "0002_b.postgres.sql").write_text("ALTER TABLE t ADD COLUMN seen_at DOUBLE PRECISION;\n")
+    assert [n for _, n, _ in load_migrations("postgres", "fake_migrations")] == ["0001_a.sql", "0002_b.postgres.sql"]
