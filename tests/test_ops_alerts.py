@@ -94,7 +94,7 @@ async def test_the_webhook_sink_posts_the_alert_without_mentions() -> None:
 
 
 async def test_log_channel_entries_follow_the_servers_language_setting_without_the_adapter(
-    store: SqliteStore,
+    store: Store,
 ) -> None:
     """With no Discord locale to ask (no adapter), the admin's /server language alone picks the language."""
     posted: list[tuple[int, str]] = []
