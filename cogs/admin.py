@@ -16,7 +16,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.charts import render_usage_chart_async
+from bot.charts import ChartLabels, render_usage_chart_async
 from bot.discord_app import NO_MENTIONS, language_choices, locale_of
 from bot.i18n import catalogs, server_language
 from bot.messages import has_text, number_text, text
@@ -289,8 +289,14 @@ class AdminCog(commands.Cog):
         # Drawing takes a moment (in a worker thread): acknowledge first.
         await interaction.response.defer(ephemeral=True, thinking=True)
         spend, budget = await self.services.policy.daily_usage(interaction.guild_id)
-        title = text("usage.chart_title", locale, since=spend.days[0].isoformat(), until=spend.days[-1].isoformat())
-        png = await render_usage_chart_async(spend, budget=budget, title=title)
+        labels = ChartLabels(
+            title=text("usage.chart_title", locale, since=spend.days[0].isoformat(), until=spend.days[-1].isoformat()),
+            per_day=text("usage.chart_per_day", locale),
+            this_period=text("usage.chart_this_period", locale),
+            total=text("usage.chart_total", locale),
+            budget=text("usage.chart_budget", locale, budget=budget or 0),
+        )
+        png = await render_usage_chart_async(spend, budget=budget, labels=labels)
         embed.set_image(url="attachment://usage.png")
         await interaction.followup.send(
             embed=embed,
