@@ -140,8 +140,9 @@ def running_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
 
 
 # More buttons under results (Remix, Details), registered by the cogs that own them: they depend on this
-# module, never the reverse. Each maker takes the job and the language of the labels.
-RESULT_BUTTONS: list[Callable[[JobRecord, str], discord.ui.Item[Any]]] = []
+# module, never the reverse. Each maker takes the job and the language of the labels. Keyed by action, so
+# an extension loaded again (discord.py builds a fresh module each time) replaces its makers, never adds more.
+RESULT_BUTTONS: dict[str, Callable[[JobRecord, str], discord.ui.Item[Any]]] = {}
 
 
 def result_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
@@ -149,7 +150,7 @@ def result_view(job: JobRecord, locale: str | None = None) -> discord.ui.View:
     language = locale or job.locale
     view = discord.ui.View(timeout=None)
     view.add_item(JobButton("reroll", job.id, language))
-    for make in RESULT_BUTTONS:
+    for make in RESULT_BUTTONS.values():
         view.add_item(make(job, language))
     view.add_item(JobButton("delete", job.id, language))
     return view

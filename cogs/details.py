@@ -190,15 +190,12 @@ class DetailsCog(commands.Cog):
 
     async def cog_load(self) -> None:
         self.bot.add_dynamic_items(ResultAction)
-        for make in (remix_button, details_button):
-            if make not in RESULT_BUTTONS:
-                RESULT_BUTTONS.append(make)
+        RESULT_BUTTONS.update(remix=remix_button, details=details_button)
 
     async def cog_unload(self) -> None:
         self.bot.remove_dynamic_items(ResultAction)
-        for make in (remix_button, details_button):
-            if make in RESULT_BUTTONS:
-                RESULT_BUTTONS.remove(make)
+        for action in ("remix", "details"):
+            RESULT_BUTTONS.pop(action, None)
 
     @app_commands.command(name="job")
     @app_commands.guild_only()
