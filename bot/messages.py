@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from bot.errors import BotError
-from bot.i18n import DEFAULT_LANGUAGE, catalogs, language_of, number, render
+from bot.i18n import DEFAULT_LANGUAGE, Phrase, catalogs, language_of, number, render
 
 # Staging only (see the module docstring): move each key into locales/en.toml and locales/ko.toml.
 EN: dict[str, str] = {}
@@ -39,6 +39,10 @@ def text(key: str, locale: str | None = None, /, **params: Any) -> str:
         template, language = EN.get(key), DEFAULT_LANGUAGE
     if template is None:
         raise KeyError(f"no message {key!r} in the catalog")
+    params = {
+        name: text(value.key, locale, **value.params) if isinstance(value, Phrase) else value
+        for name, value in params.items()
+    }
     try:
         return render(template, language, params)
     except (KeyError, IndexError, ValueError):

@@ -21,6 +21,7 @@ from typing import Protocol
 import re2
 
 from bot.errors import BlockedPromptError, InvalidValueError
+from bot.i18n import Phrase
 from bot.store.base import Store
 from bot.store.records import BlockedTerm
 
@@ -74,15 +75,19 @@ def compile_term(pattern: str, is_regex: bool) -> Matcher:
     """
     pattern = pattern.strip()
     if not pattern or len(pattern) > MAX_PATTERN_LENGTH:
-        raise InvalidValueError(option="pattern", value=pattern[:50], allowed=f"1–{MAX_PATTERN_LENGTH} characters")
+        raise InvalidValueError(
+            option=Phrase("field.pattern"),
+            value=pattern[:50],
+            allowed=Phrase("allowed.pattern_length", {"max": MAX_PATTERN_LENGTH}),
+        )
     try:
         term = BlockedTerm(id=0, guild_id=0, pattern=pattern, is_regex=is_regex, created_by=0, created_at=0)
         return re2.compile(_list_source((term,)), _options(_TERM_MEMORY))
     except re2.error:
         raise InvalidValueError(
-            option="pattern",
+            option=Phrase("field.pattern"),
             value=pattern[:50],
-            allowed="a regular expression RE2 accepts (no backreferences or lookarounds)",
+            allowed=Phrase("allowed.re2"),
         ) from None
 
 

@@ -21,7 +21,7 @@ from bot.errors import (
     InvalidAmountError,
     InvalidValueError,
 )
-from bot.i18n import languages
+from bot.i18n import Phrase, languages
 from bot.ledger import Ledger, period_bounds
 from bot.messages import text
 from bot.moderation import compile_term
@@ -39,7 +39,7 @@ PERIODS: tuple[Period, ...] = ("day", "week", "month", "unlimited")
 def check_allowance(amount: int | None, period: str) -> Allowance:
     """A valid allowance, or `InvalidAmountError` / `InvalidValueError`. Period "unlimited" ignores amount."""
     if period not in PERIODS:
-        raise InvalidValueError(option="period", value=period, allowed=", ".join(PERIODS))
+        raise InvalidValueError(option=Phrase("field.period"), value=period, allowed=", ".join(PERIODS))
     if period == "unlimited":
         return Allowance(amount=None, period="unlimited")
     if amount is None or isinstance(amount, bool) or not isinstance(amount, int) or not 0 <= amount <= MAX_ALLOWANCE:
@@ -52,7 +52,9 @@ def check_timezone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidValueError(option="timezone", value=name, allowed="an IANA name such as Asia/Seoul") from None
+        raise InvalidValueError(
+            option=Phrase("field.timezone"), value=name, allowed=Phrase("allowed.iana_timezone")
+        ) from None
     return name
 
 
@@ -163,7 +165,7 @@ class PolicyService:
         """The language of what the bot posts on its own here: "auto" (Discord's preferred locale) or a code."""
         allowed = ("auto", *languages())
         if language not in allowed:
-            raise InvalidValueError(option="language", value=language, allowed=", ".join(allowed))
+            raise InvalidValueError(option=Phrase("field.language"), value=language, allowed=", ".join(allowed))
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), language=language)
 
     async def add_blocked_term(self, guild_id: int, actor_id: int, pattern: str, is_regex: bool) -> BlockedTerm:
@@ -183,7 +185,9 @@ class PolicyService:
 
     async def set_spoiler_mode(self, guild_id: int, actor_id: int, mode: SpoilerMode) -> GuildPolicy:
         if mode not in ("off", "all", "outside_nsfw"):
-            raise InvalidValueError(option="spoiler mode", value=str(mode)[:50], allowed="off, all, outside_nsfw")
+            raise InvalidValueError(
+                option=Phrase("field.spoiler_mode"), value=str(mode)[:50], allowed="off, all, outside_nsfw"
+            )
         return await self._store.update_policy(guild_id, actor_id=actor_id, now=self._clock(), spoiler_mode=mode)
 
     async def set_channel_allowed(self, guild_id: int, actor_id: int, channel_id: int, allowed: bool) -> bool:
@@ -271,12 +275,14 @@ def parse_export_range(first_day: str, last_day: str) -> tuple[date, date]:
     try:
         first, last = date.fromisoformat(first_day), date.fromisoformat(last_day)
     except ValueError:
-        raise InvalidValueError(option="date", value=f"{first_day} – {last_day}", allowed="YYYY-MM-DD") from None
+        raise InvalidValueError(
+            option=Phrase("field.date"), value=f"{first_day} – {last_day}", allowed="YYYY-MM-DD"
+        ) from None
     if last < first or (last - first).days >= MAX_EXPORT_DAYS:
         raise InvalidValueError(
-            option="date range",
+            option=Phrase("field.date_range"),
             value=f"{first_day} – {last_day}",
-            allowed=f"a start on or before the end, at most {MAX_EXPORT_DAYS} days",
+            allowed=Phrase("allowed.date_range", {"days": MAX_EXPORT_DAYS}),
         )
     return first, last
 

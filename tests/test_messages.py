@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import bot.errors as errors
 from bot.messages import EN, error_text, text
 
@@ -42,3 +44,15 @@ def test_an_id_placeholder_keeps_plain_digits() -> None:
 
 def test_missing_parameter_never_crashes() -> None:
     assert text("error.prompt_too_long", "en") == EN["error.prompt_too_long"]
+
+
+def test_a_refusal_names_the_field_and_the_rule_in_the_readers_language() -> None:
+    from bot.policy import check_timezone
+
+    with pytest.raises(errors.InvalidValueError) as refused:
+        check_timezone("Mars/Base")
+    english, korean = error_text(refused.value, "en"), error_text(refused.value, "ko")
+    assert english == "`Mars/Base` is not a valid timezone: use an IANA name such as Asia/Seoul."
+    assert korean == (
+        "`Mars/Base`은(는) 올바른 시간대 값이 아니에요. 이렇게 써 주세요: Asia/Seoul 같은 IANA 시간대 이름."
+    )

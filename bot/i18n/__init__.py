@@ -6,13 +6,16 @@ adding `locales/<code>.toml` with the same keys (the completeness test says whic
 
 Templates use `str.format` placeholders. An `int` parameter is written with the language's digit grouping
 (Babel's CLDR data: `12,345` in English and Korean, `12.345` in German), unless the placeholder asks for
-plain digits with `:d` (ids such as `#{id:d}`).
+plain digits with `:d` (ids such as `#{id:d}`). A `Phrase` parameter is itself a catalog message, rendered
+in the same language (an error names the field and the rule in the reader's words, not in English).
 """
 
 from __future__ import annotations
 
 import string
 import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -21,6 +24,14 @@ from babel.numbers import format_decimal
 
 DEFAULT_LANGUAGE = "en"
 LOCALES_PACKAGE = "bot.i18n.locales"
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A catalog message used as a parameter of another: rendered in the language of the message around it."""
+
+    key: str
+    params: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bot.errors import BotError, InvalidValueError, RequestError
+from bot.i18n import Phrase
 from bot.ledger import period_bounds
 from bot.ops.alerts import Alerts
 from bot.ops.caps import CapsPolicy
@@ -111,7 +112,7 @@ class OperatorService:
     async def set_guild_cap(self, guild_id: int, actor_id: int, amount: int | None, period: str | None) -> GuildOps:
         """Cap one server (period None removes its own cap: the settings' default applies again)."""
         if period == "unlimited":
-            raise InvalidValueError(option="period", value=period, allowed="day, week, month")
+            raise InvalidValueError(option=Phrase("field.period"), value=period, allowed="day, week, month")
         cap = None if period is None else check_allowance(amount, period)
         return await self._store.set_guild_ops(guild_id, actor_id=actor_id, now=self._clock(), cap=cap)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bot.catalog import OPTION_NAMES
 from bot.errors import InvalidValueError
+from bot.i18n import Phrase
 
 
 def format_options(options: dict[str, str]) -> str:
@@ -25,7 +26,9 @@ def parse_options(text: str) -> dict[str, str | None]:
         name, value = name.strip().lower(), value.strip()
         if not sep or name not in OPTION_NAMES or not value:
             raise InvalidValueError(
-                option="option line", value=line[:50], allowed="name=value with " + ", ".join(OPTION_NAMES)
+                option=Phrase("field.option_line"),
+                value=line[:50],
+                allowed=Phrase("allowed.option_line", {"names": ", ".join(OPTION_NAMES)}),
             )
         options[name] = value
     return options

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from bot.errors import InvalidValueError
+from bot.i18n import Phrase
 
 PLACEHOLDER = "{prompt}"
 MAX_TEMPLATE_LENGTH = 1000
@@ -20,12 +21,14 @@ def check_style(name: str, template: str) -> tuple[str, str]:
     name = name.strip().lower()
     template = template.strip()
     if not NAME_PATTERN.fullmatch(name):
-        raise InvalidValueError(option="style name", value=name[:50], allowed="1–32 letters, digits, _ or -")
+        raise InvalidValueError(
+            option=Phrase("field.style_name"), value=name[:50], allowed=Phrase("allowed.style_name")
+        )
     if PLACEHOLDER not in template or len(template) > MAX_TEMPLATE_LENGTH:
         raise InvalidValueError(
-            option="template",
+            option=Phrase("field.template"),
             value=template[:50],
-            allowed=f"text of at most {MAX_TEMPLATE_LENGTH} characters containing {PLACEHOLDER}",
+            allowed=Phrase("allowed.template", {"max": MAX_TEMPLATE_LENGTH, "placeholder": PLACEHOLDER}),
         )
     return name, template
 
