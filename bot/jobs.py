@@ -31,6 +31,7 @@ from bot.errors import (
 from bot.gateway import GatewayClient
 from bot.images import ImageData
 from bot.ledger import Ledger
+from bot.members.roles import DEFAULT_TTL, MemberRoles
 from bot.ops.hooks import JobHooks
 from bot.ops.logctx import job_context, set_job_context
 from bot.polling import PollPlanner
@@ -99,6 +100,7 @@ class JobService:
         progress_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
         hooks: JobHooks | None = None,
+        member_roles_ttl: float = DEFAULT_TTL,
     ) -> None:
         self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
         self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
@@ -120,6 +122,8 @@ class JobService:
         self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
         self._delivering: set[str] = set()  # posting images: a member's cancel no longer interrupts
+        # Roles as submitted, for the job's life: a delivery asks Discord only for a job resumed here.
+        self._roles = MemberRoles(ttl=member_roles_ttl, clock=time.monotonic)
 
     # --- lifetime ----------------------------------------------------------------------------------------
 
@@ -216,6 +220,7 @@ class JobService:
                 await self.hooks.refused(job, error)
                 raise
             self.hooks.held(record)
+            self._roles.remember(record.id, role_ids)
             log.info(
                 "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
                 record.id,
@@ -416,6 +421,7 @@ class JobService:
             self._reporters.pop(job.id, None)
             self._delivering.discard(job.id)
             self._polls.pop(job.id, None)
+            self._roles.forget(job.id)
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
@@ -481,7 +487,7 @@ class JobService:
         if delivering is None:
             raise JobCancelledError()
         charged = len(images) * job.price
-        roles = await presenter.member_roles(job.guild_id, job.user_id)
+        roles = await self._roles.roles_for(job.id, job.guild_id, job.user_id, presenter.member_roles)
         balance = await self._ledger.balance(job.guild_id, job.user_id, roles)
         # Settling turns this job's hold into `charged` spent and gives the rest back.
         available_after = None if balance.available is None else balance.available + job.hold_amount - charged
@@ -521,6 +527,7 @@ class JobService:
         )
         if settled is None:
             return False  # already settled elsewhere (the member has been told), or claimed meanwhile
+        self._roles.forget(job.id)
         # Only now: a job claimed meanwhile keeps its reporter.
         reporter = self._reporters.pop(job.id, None)
         if reporter is not None:

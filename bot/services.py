@@ -84,6 +84,7 @@ class Services:
             ),
             progress_interval=settings.progress_edit_interval,
             hooks=OpsHooks(operator, metrics, alerts),
+            member_roles_ttl=settings.member_roles_cache_seconds,
         )
         operator.running_here = lambda: jobs.running_here
         policy = PolicyService(
