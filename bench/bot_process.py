@@ -148,10 +148,20 @@ async def main() -> None:
     probe_task = asyncio.create_task(probe.run(), name="loop-lag-probe")
     stats_file = os.environ["BENCH_STATS_FILE"]
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, probe.dump, stats_file)
+    profiler = None
+    if os.environ.get("BENCH_CPROFILE"):
+        # Where the bot's CPU goes (the event loop's thread only), written at exit: `python -m pstats FILE`.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         await run(settings)
     finally:
         probe_task.cancel()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.environ["BENCH_CPROFILE"])
 
 
 if __name__ == "__main__":

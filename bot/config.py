@@ -60,6 +60,8 @@ class Settings(BaseSettings):
 
     # Jobs
     progress_edit_interval: float = Field(default=2.0, ge=0)
+    # Progress edits per second over all jobs together (result edits are not counted); 0: no cap.
+    progress_edits_per_second: float = Field(default=40.0, ge=0)
     max_jobs_per_member: int = Field(default=2, ge=1)
     max_jobs_per_guild: int = Field(default=8, ge=1)
     max_jobs_global: int = Field(default=16, ge=1)

@@ -39,6 +39,7 @@ from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
 from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
+from bot.throttle import RequestRateLimiter
 from bot.waiting import estimate_starts
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,7 @@ class JobService:
         clock: Callable[[], float] = time.time,
         hooks: JobHooks | None = None,
         member_roles_ttl: float = DEFAULT_TTL,
+        progress_edits_per_second: float | None = None,
     ) -> None:
         self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
         self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
@@ -124,6 +126,8 @@ class JobService:
         self._delivering: set[str] = set()  # posting images: a member's cancel no longer interrupts
         # Roles as submitted, for the job's life: a delivery asks Discord only for a job resumed here.
         self._roles = MemberRoles(ttl=member_roles_ttl, clock=time.monotonic)
+        # Every job's progress edits share this rate, so that deliveries keep the loop (None: no cap).
+        self._progress_gate = RequestRateLimiter(progress_edits_per_second) if progress_edits_per_second else None
 
     # --- lifetime ----------------------------------------------------------------------------------------
 
@@ -379,7 +383,8 @@ class JobService:
             async def send(progress: Progress) -> None:
                 await presenter.show_progress(job, progress)
 
-            reporter = ProgressReporter(send, interval=self._progress_interval)
+            gate = self._progress_gate.acquire if self._progress_gate is not None else None
+            reporter = ProgressReporter(send, interval=self._progress_interval, gate=gate)
             self._reporters[job.id] = reporter
         return reporter
 
