@@ -57,7 +57,7 @@ class ImageData:
     file `path` (then `data` is empty); `size` counts them either way. Use `open()` or `read_bytes()`.
     """
 
-    data: bytes | bytearray  # a bytearray when streamed in by a download (never copied to bytes)
+    data: bytes
     format: str  # "png" | "jpeg" | "webp"
     width: int
     height: int
@@ -81,7 +81,7 @@ class ImageData:
     def read_bytes(self) -> bytes:
         """The image's bytes (reads the file of a spooled image)."""
         if self.path is None:
-            return bytes(self.data)
+            return self.data
         with open(self.path, "rb") as file:
             return file.read()
 
@@ -183,34 +183,6 @@ def _check_stream(stream: BinaryIO, fmt: str, max_pixels: int) -> tuple[int, int
     return width, height
 
 
-class _ViewReader(io.RawIOBase):
-    """A seekable reader over a buffer that never copies it whole."""
-
-    def __init__(self, buffer: bytes | bytearray) -> None:
-        self._view = memoryview(buffer)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
-        piece = self._view[self._pos : self._pos + len(target)]
-        target[: len(piece)] = piece
-        self._pos += len(piece)
-        return len(piece)
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def tell(self) -> int:
-        return self._pos
-
-
 def inspect_body(
     body: SpooledBody, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: ImageMemoryBudget | None = None
 ) -> ImageData:
@@ -224,8 +196,7 @@ def inspect_body(
             raise MalformedResponseError("not a PNG, JPEG or WebP image", status=None)
         if body.path is None:
             assert body.data is not None
-            with io.BufferedReader(_ViewReader(body.data)) as view:  # BytesIO would copy a bytearray
-                width, height = _check_stream(view, fmt, max_pixels)  # type: ignore[arg-type]
+            width, height = _check_stream(io.BytesIO(body.data), fmt, max_pixels)
             image = ImageData(data=body.data, format=fmt, width=width, height=height)
             weakref.finalize(image, budget.release, body.reserved)
             return image

@@ -1,11 +1,12 @@
 """A download's body, chunk by chunk, in memory while the image budget has room and in a file beyond it.
 
-A downloaded image used to be read whole (a list of chunks, then their join: the body twice), checked,
-and only then charged to the memory budget or spooled. Here each chunk is charged as it arrives and
-appended in place (a `bytearray` grows by `realloc`, so the body is never held twice); the first chunk the
-budget refuses moves what came so far to a temporary file, and the rest is written there. File writes run
-in one worker thread of their own, batched, so the event loop never touches the disk and image decoding
-(`bot.images`) never waits behind a write.
+A downloaded image used to be read whole (a list of chunks, then their join) and only then charged to the
+memory budget or spooled, so every download in flight sat in memory, uncounted. Here each chunk is charged
+as it arrives; the first chunk the budget refuses moves what came so far to a temporary file, and the rest
+is written there, so beyond the budget a download holds one chunk at a time. An in-memory body becomes one
+`bytes` at the end (a copy of one image for a moment; kept as a bytearray it would be copied by the
+upload's BytesIO for the whole upload, where `bytes` are shared). File writes run in one worker thread of
+their own, so the event loop never touches the disk and image decoding never waits behind a write.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ def _write_all(fd: int, parts: list[bytes | bytearray]) -> None:
 class SpooledBody:
     """A finished body: in `data` (charged `reserved` bytes of the budget) or in the file `path`."""
 
-    data: bytearray | None
+    data: bytes | None
     path: str | None
     size: int
     head: bytes
@@ -137,8 +138,12 @@ class SpoolingBuffer:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             await _in_worker(os.close, fd)
+        # In memory: one `bytes` of the body. Its copy from the bytearray lasts a moment for one image; an
+        # image kept as a bytearray would be copied by every BytesIO of its upload (bytes are shared).
+        data = None if self._path is not None else bytes(self._memory)
+        self._memory = bytearray()
         body = SpooledBody(
-            data=None if self._path is not None else self._memory,
+            data=data,
             path=self._path,
             size=self.size,
             head=self.head,
