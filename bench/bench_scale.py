@@ -114,6 +114,8 @@ class BotProcess:
             MAX_JOBS_PER_MEMBER=str(self.limit),
             MAX_JOBS_PER_GUILD=str(self.limit),
             MAX_JOBS_GLOBAL=str(self.limit),
+            MAX_QUEUED_PER_MEMBER=str(self.limit),
+            MAX_QUEUED_PER_GUILD=str(self.limit),  # one server sends the whole burst
         )
         return env
 

@@ -140,6 +140,9 @@ async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = float(os.environ["BENCH_SLOW_CALLBACK_MS"]) / 1000
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2 PID`: every thread's stack to the log
     profile = DispatchProfile()
     if os.environ.get("BENCH_PROFILE_DISPATCH"):
         profile.install()
@@ -148,10 +151,36 @@ async def main() -> None:
     probe_task = asyncio.create_task(probe.run(), name="loop-lag-probe")
     stats_file = os.environ["BENCH_STATS_FILE"]
     asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, probe.dump, stats_file)
+
+    def dump_tasks() -> None:
+        """`kill -URG PID`: every task's stack to STATS_FILE.tasks (where a hung burst waits)."""
+        import collections
+        import io
+
+        where: collections.Counter[str] = collections.Counter()
+        for task in asyncio.all_tasks():
+            out = io.StringIO()
+            task.print_stack(limit=12, file=out)
+            where[out.getvalue().split("\n", 1)[1]] += 1
+        with open(stats_file + ".tasks", "w") as file:
+            for stack, count in where.most_common():
+                file.write(f"--- {count} task(s)\n{stack}\n")
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGURG, dump_tasks)
+    profiler = None
+    if os.environ.get("BENCH_CPROFILE"):
+        # Where the bot's CPU goes (the event loop's thread only), written at exit: `python -m pstats FILE`.
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         await run(settings)
     finally:
         probe_task.cancel()
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.environ["BENCH_CPROFILE"])
 
 
 if __name__ == "__main__":

@@ -44,11 +44,12 @@ from bot.errors import (
     RequestRejectedError,
     UpstreamError,
 )
-from bot.images import ImageData, decode_image_async, inspect_image_async, sniff_format
+from bot.images import ImageData, decode_image_async, inspect_body_async, memory_budget, sniff_format
 from bot.net import refusal_of
 from bot.polling import PollSchedule
 from bot.throttle import RequestRateLimiter
 from bot.throttle.rate import SUBMIT_PRIORITY
+from bot.throttle.spool import HEAD_BYTES, SpooledBody, SpoolingBuffer
 
 if TYPE_CHECKING:
     from bot.config import Settings
@@ -560,7 +561,8 @@ class GatewayClient:
         raise _final(DownloadError(f"refusing to download from a {parsed.scheme or 'schemeless'} URL", status=None))
 
     async def download(self, url: str) -> ImageData:
-        """Fetch one result image: https only, size-capped, streamed, checked to be an image off the loop.
+        """Fetch one result image: https only, size-capped, streamed within the image memory budget (into a
+        temporary file beyond it), refused as soon as its first bytes are not an image's, checked off the loop.
 
         No Authorization header goes to result hosts (CDNs are third parties). Redirects are followed by
         hand so that each hop passes the same URL check; every connection's address is checked by the
@@ -569,18 +571,16 @@ class GatewayClient:
         target = self._check_url(url)
         for attempt in range(1, _DOWNLOAD_ATTEMPTS + 1):
             try:
-                data = await self._fetch(target)
+                body = await self._fetch(target)
                 break
             except DownloadError as exc:
                 transient = exc.status is None or exc.status >= 500 or exc.status == 429
                 if not transient or attempt == _DOWNLOAD_ATTEMPTS or getattr(exc, "final", False):
                     raise
                 await asyncio.sleep(self._backoff(attempt, None))
-        if sniff_format(data) is None:
-            raise MalformedResponseError("downloaded result is not a PNG, JPEG or WebP image", status=200)
-        return await inspect_image_async(data)
+        return await inspect_body_async(body)  # gives the body back if it is refused
 
-    async def _fetch(self, target: URL) -> bytes:
+    async def _fetch(self, target: URL) -> SpooledBody:
         limit = self.download_max_bytes
         for _ in range(_MAX_REDIRECTS + 1):
             try:
@@ -594,14 +594,7 @@ class GatewayClient:
                         raise DownloadError(f"result download: HTTP {resp.status}", status=resp.status)
                     if resp.content_length is not None and resp.content_length > limit:
                         raise _final(DownloadError(f"result of {resp.content_length} bytes is too large", status=200))
-                    chunks: list[bytes] = []
-                    size = 0
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        size += len(chunk)
-                        if size > limit:
-                            raise _final(DownloadError(f"result larger than {limit} bytes", status=200))
-                        chunks.append(chunk)
-                    return b"".join(chunks)
+                    return await self._stream_body(resp, limit)
             except TimeoutError as exc:
                 raise DownloadError("result download timed out", status=None) from exc
             except aiohttp.ClientError as exc:
@@ -612,6 +605,25 @@ class GatewayClient:
                     raise _final(DownloadError(f"result host refused: {refused}", status=None)) from exc
                 raise DownloadError(f"result download failed: {type(exc).__name__}", status=None) from exc
         raise _final(DownloadError("too many redirects", status=None))
+
+    @staticmethod
+    async def _stream_body(resp: aiohttp.ClientResponse, limit: int) -> SpooledBody:
+        """The body into a `SpoolingBuffer`, capped at `limit` bytes and refused as soon as its magic bytes
+        are not an image's; on any failure (or cancellation) what it held is given back."""
+        buffer = SpoolingBuffer(memory_budget())
+        try:
+            async for chunk in resp.content.iter_chunked(_CHUNK):
+                if buffer.size + len(chunk) > limit:
+                    raise _final(DownloadError(f"result larger than {limit} bytes", status=200))
+                await buffer.write(chunk)
+                if len(buffer.head) >= HEAD_BYTES and sniff_format(buffer.head) is None:
+                    break
+            if sniff_format(buffer.head) is None:
+                raise MalformedResponseError("downloaded result is not a PNG, JPEG or WebP image", status=200)
+            return await buffer.finish()
+        except BaseException:
+            buffer.discard()
+            raise
 
     async def download_all(self, urls: list[str]) -> list[ImageData]:
         """Download every URL concurrently, in order; the first failure cancels the rest and is raised."""

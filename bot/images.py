@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from bot.errors import DeliveryError, MalformedResponseError
 from bot.throttle.memory import ImageMemoryBudget
+from bot.throttle.spool import SpooledBody, discard_body
 
 log = logging.getLogger(__name__)
 
@@ -157,11 +158,17 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     fmt = sniff_format(data)
     if fmt is None:
         raise MalformedResponseError("not a PNG, JPEG or WebP image", status=None)
+    width, height = _check_stream(io.BytesIO(data), fmt, max_pixels)
+    return ImageData(data=data, format=fmt, width=width, height=height)
+
+
+def _check_stream(stream: BinaryIO, fmt: str, max_pixels: int) -> tuple[int, int]:
+    """The checks of `inspect_image` on an open stream of a `fmt` image; its width and height."""
     try:
         with warnings.catch_warnings():
             # Pillow warns between MAX_IMAGE_PIXELS and twice that; our own limit below decides instead.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[fmt]]) as img:
+            with Image.open(stream, formats=[_PIL_FORMATS[fmt]]) as img:
                 width, height = img.size
                 if width <= 0 or height <= 0 or width * height > max_pixels:
                     raise MalformedResponseError(
@@ -173,7 +180,34 @@ def inspect_image(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow reports broken files with any of these (SyntaxError is its "broken PNG" error).
         raise MalformedResponseError(f"unreadable {fmt} image: {type(exc).__name__}", status=None) from exc
-    return ImageData(data=data, format=fmt, width=width, height=height)
+    return width, height
+
+
+def inspect_body(
+    body: SpooledBody, *, max_pixels: int = DEFAULT_MAX_PIXELS, budget: ImageMemoryBudget | None = None
+) -> ImageData:
+    """Check a downloaded body (`bot.throttle.spool`) as `inspect_image` does and make it an image that
+    gives back its budget reservation, or deletes its file, when garbage-collected. A refused body is
+    given back at once. Blocking: call it in a worker thread."""
+    budget = budget or _budget
+    try:
+        fmt = sniff_format(body.head)
+        if fmt is None:
+            raise MalformedResponseError("not a PNG, JPEG or WebP image", status=None)
+        if body.path is None:
+            assert body.data is not None
+            width, height = _check_stream(io.BytesIO(body.data), fmt, max_pixels)
+            image = ImageData(data=body.data, format=fmt, width=width, height=height)
+            weakref.finalize(image, budget.release, body.reserved)
+            return image
+        with open(body.path, "rb") as file:
+            width, height = _check_stream(file, fmt, max_pixels)
+        image = ImageData(b"", fmt, width, height, path=body.path, spooled_size=body.size)
+        weakref.finalize(image, _remove, body.path)
+        return image
+    except BaseException:
+        discard_body(body, budget)
+        raise
 
 
 def b64decode_strict(value: str | bytes, start: int = 0) -> bytes:
@@ -248,6 +282,17 @@ async def decode_image_async(value: str, *, max_pixels: int = DEFAULT_MAX_PIXELS
     memory budget (`keep_within_budget`)."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(_decode_executor(), _decode_and_keep, value, max_pixels)
+
+
+async def inspect_body_async(body: SpooledBody, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:
+    """`inspect_body` in the decode worker (a streamed download: already within the memory budget)."""
+    loop = asyncio.get_running_loop()
+    # The image comes back through `box`, not as the call's result: the worker thread keeps its last
+    # result alive until its next call, which would hold a spool file (or budget bytes) after the job.
+    # Cancelled meanwhile, the worker still finishes; the image nobody holds gives everything back.
+    box: list[ImageData] = []
+    await loop.run_in_executor(_decode_executor(), lambda: box.append(inspect_body(body, max_pixels=max_pixels)))
+    return box.pop()
 
 
 async def inspect_image_async(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageData:

@@ -31,6 +31,7 @@ from bot.errors import (
 from bot.gateway import GatewayClient
 from bot.images import ImageData
 from bot.ledger import Ledger
+from bot.members.roles import DEFAULT_TTL, MemberRoles
 from bot.ops.hooks import JobHooks
 from bot.ops.logctx import job_context, set_job_context
 from bot.polling import PollPlanner
@@ -38,6 +39,7 @@ from bot.progress import Progress, ProgressReporter, Stage
 from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
 from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
+from bot.throttle import RequestRateLimiter
 from bot.waiting import estimate_starts
 
 log = logging.getLogger(__name__)
@@ -99,6 +101,8 @@ class JobService:
         progress_interval: float = 2.0,
         clock: Callable[[], float] = time.time,
         hooks: JobHooks | None = None,
+        member_roles_ttl: float = DEFAULT_TTL,
+        progress_edits_per_second: float | None = None,
     ) -> None:
         self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
         self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
@@ -120,6 +124,10 @@ class JobService:
         self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
         self._delivering: set[str] = set()  # posting images: a member's cancel no longer interrupts
+        # Roles as submitted, for the job's life: a delivery asks Discord only for a job resumed here.
+        self._roles = MemberRoles(ttl=member_roles_ttl, clock=time.monotonic)
+        # Every job's progress edits share this rate, so that deliveries keep the loop (None: no cap).
+        self._progress_gate = RequestRateLimiter(progress_edits_per_second) if progress_edits_per_second else None
 
     # --- lifetime ----------------------------------------------------------------------------------------
 
@@ -216,6 +224,7 @@ class JobService:
                 await self.hooks.refused(job, error)
                 raise
             self.hooks.held(record)
+            self._roles.remember(record.id, role_ids)
             log.info(
                 "job queued id=%s guild=%s user=%s model=%s count=%s hold=%s",
                 record.id,
@@ -374,7 +383,8 @@ class JobService:
             async def send(progress: Progress) -> None:
                 await presenter.show_progress(job, progress)
 
-            reporter = ProgressReporter(send, interval=self._progress_interval)
+            gate = self._progress_gate.acquire if self._progress_gate is not None else None
+            reporter = ProgressReporter(send, interval=self._progress_interval, gate=gate)
             self._reporters[job.id] = reporter
         return reporter
 
@@ -416,6 +426,7 @@ class JobService:
             self._reporters.pop(job.id, None)
             self._delivering.discard(job.id)
             self._polls.pop(job.id, None)
+            self._roles.forget(job.id)
 
     async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
         if not (resume and job.operation_id):
@@ -481,7 +492,7 @@ class JobService:
         if delivering is None:
             raise JobCancelledError()
         charged = len(images) * job.price
-        roles = await presenter.member_roles(job.guild_id, job.user_id)
+        roles = await self._roles.roles_for(job.id, job.guild_id, job.user_id, presenter.member_roles)
         balance = await self._ledger.balance(job.guild_id, job.user_id, roles)
         # Settling turns this job's hold into `charged` spent and gives the rest back.
         available_after = None if balance.available is None else balance.available + job.hold_amount - charged
@@ -521,6 +532,7 @@ class JobService:
         )
         if settled is None:
             return False  # already settled elsewhere (the member has been told), or claimed meanwhile
+        self._roles.forget(job.id)
         # Only now: a job claimed meanwhile keeps its reporter.
         reporter = self._reporters.pop(job.id, None)
         if reporter is not None:

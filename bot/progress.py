@@ -1,7 +1,9 @@
 """Throttled progress reports for one job: the latest state, at most one edit per interval, only on change.
 
 Discord rate-limits edits per interaction token, and a member only needs the latest state, so the reporter
-keeps one "current" value and a single task that sends it when it differs from what was last sent.
+keeps one "current" value and a single task that sends it when it differs from what was last sent. All
+reporters may share a `gate` (a rate limiter): with a thousand jobs running, their progress edits would
+otherwise take the event loop's time from the deliveries.
 """
 
 from __future__ import annotations
@@ -43,8 +45,11 @@ class ProgressReporter:
         *,
         interval: float,
         clock: Callable[[], float] = time.monotonic,
+        gate: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self._send = send
+        # Awaited before each edit: a turn among every job's progress edits (a shared rate limiter).
+        self._gate = gate
         self._interval = interval
         self._clock = clock
         self._current: Progress | None = None
@@ -90,6 +95,13 @@ class ProgressReporter:
         while True:
             progress = self._snapshot()
             if progress is not None and progress != self._last_sent:
+                if self._gate is not None:
+                    # Waiting for the turn holds no lock: `close()` cancels the wait instead of queueing
+                    # the final edit behind every other job's progress. The turn sends the latest state.
+                    await self._gate()
+                    progress = self._snapshot() or progress
+                    if progress == self._last_sent:
+                        continue
                 self._last_sent = progress
                 async with self._sending:
                     try:

@@ -84,6 +84,8 @@ class Services:
             ),
             progress_interval=settings.progress_edit_interval,
             hooks=OpsHooks(operator, metrics, alerts),
+            member_roles_ttl=settings.member_roles_cache_seconds,
+            progress_edits_per_second=settings.progress_edits_per_second or None,
         )
         operator.running_here = lambda: jobs.running_here
         policy = PolicyService(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import aiohttp
@@ -30,7 +32,9 @@ from bot.errors import (
     UpstreamError,
 )
 from bot.gateway import GatewayClient
+from bot.images import ImageData, memory_budget, set_memory_budget
 from bot.polling import PollSchedule
+from bot.throttle import ImageMemoryBudget
 from tests.fakes import FakeGateway, Reply, make_png
 
 SYNC = "gemini-2.5-flash-image"
@@ -529,3 +533,90 @@ async def test_download_all_is_concurrent(client: GatewayClient, gw: FakeGateway
     gate.set()
     images = await task
     assert [i.width for i in images] == [5, 6, 7]
+
+
+# --- downloads streamed within the image memory budget ----------------------------------------------------
+
+
+@pytest.fixture
+def small_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ImageMemoryBudget]:
+    """A 64 KiB image budget, and temporary files in `tmp_path` (so a test sees exactly its own)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = memory_budget()
+    budget = set_memory_budget(64 * 1024)
+    try:
+        yield budget
+    finally:
+        set_memory_budget(before.limit_bytes)
+
+
+def _spool_files(tmp_path: Path) -> list[Path]:
+    return list(tmp_path.glob("imagine-*"))
+
+
+async def _until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    """Wait until `condition()` holds (it changes in the spool worker thread, which has no event to wait on)."""
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 - set by a worker thread: no event to wait on
+            await asyncio.sleep(0.01)
+    assert condition(), what
+
+
+async def _check_spooled(task: asyncio.Task[ImageData], png: bytes) -> None:
+    """The downloaded image is the whole file, kept in its spool file (checked here, so that no local of
+    the test keeps the image alive after)."""
+    image = await task
+    assert image.path is not None and image.size == len(png) and (image.width, image.height) == (400, 400)
+    assert image.read_bytes() == png
+
+
+async def test_a_download_beyond_the_budget_streams_into_its_spool_file(
+    client: GatewayClient, gw: FakeGateway, small_budget: ImageMemoryBudget, tmp_path: Path
+) -> None:
+    png = make_png(400, 400, noise=True)  # ~480 KB: over the budget
+    gw.files["big.png"] = png
+    gate = asyncio.Event()
+    gw.hold_file("big.png", 300 * 1024, gate)
+    task = asyncio.create_task(client.download(f"{gw.root_url}/files/big.png"))
+    # While the rest of the body is held back, what came so far is already on disk, not in memory.
+    await _until(
+        lambda: any(p.stat().st_size >= 256 * 1024 for p in _spool_files(tmp_path)), "the first part is spooled"
+    )
+    assert small_budget.held == 0 and small_budget.peak <= small_budget.limit_bytes  # type: ignore[operator]
+    gate.set()
+    await _check_spooled(task, png)
+
+
+async def test_a_download_within_the_budget_stays_in_memory_charged_to_it(
+    client: GatewayClient, gw: FakeGateway, small_budget: ImageMemoryBudget, tmp_path: Path
+) -> None:
+    png = make_png(40, 40, noise=True)
+    gw.files["small.png"] = png
+    image = await client.download(f"{gw.root_url}/files/small.png")
+    assert image.path is None and image.read_bytes() == png and small_budget.held == len(png)
+    assert _spool_files(tmp_path) == []
+
+
+async def test_a_body_that_is_not_an_image_is_refused_at_its_first_bytes(
+    client: GatewayClient, gw: FakeGateway, small_budget: ImageMemoryBudget, tmp_path: Path
+) -> None:
+    gw.files["page.png"] = b"<html>" + b"x" * (2 * 1024 * 1024)
+    gw.hold_file("page.png", 256 * 1024, asyncio.Event())  # the rest never comes
+    with pytest.raises(MalformedResponseError):
+        await asyncio.wait_for(client.download(f"{gw.root_url}/files/page.png"), 10)
+    assert small_budget.held == 0
+    await _until(lambda: _spool_files(tmp_path) == [], "nothing left on disk")
+
+
+async def test_a_cancelled_download_gives_back_its_file_and_its_budget(
+    client: GatewayClient, gw: FakeGateway, small_budget: ImageMemoryBudget, tmp_path: Path
+) -> None:
+    gw.files["big.png"] = make_png(400, 400, noise=True)
+    gw.hold_file("big.png", 300 * 1024, asyncio.Event())
+    task = asyncio.create_task(client.download(f"{gw.root_url}/files/big.png"))
+    await _until(lambda: bool(_spool_files(tmp_path)), "spooling started")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert small_budget.held == 0
+    await _until(lambda: _spool_files(tmp_path) == [], "the spool file is removed")

@@ -126,3 +126,41 @@ async def test_close_does_not_swallow_a_cancellation_of_its_caller() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert after_close == []
+
+
+class Turns:
+    """A gate that lets one edit through per `grant()` and tells when someone is waiting for a turn."""
+
+    def __init__(self) -> None:
+        self._turns = asyncio.Queue[None]()
+        self.waiting = asyncio.Event()
+
+    async def __call__(self) -> None:
+        self.waiting.set()
+        await self._turns.get()
+        self.waiting.clear()
+
+    def grant(self) -> None:
+        self._turns.put_nowait(None)
+
+
+async def test_a_shared_gate_paces_edits_and_each_turn_sends_the_latest_state() -> None:
+    recorder, turns = Recorder(), Turns()
+    reporter = ProgressReporter(recorder.send, interval=0.0, gate=turns)
+    reporter.update("queued", position=3)
+    await asyncio.wait_for(turns.waiting.wait(), 5)
+    assert recorder.sent == [], "no edit without a turn"
+    reporter.update("queued", position=1)  # changed while waiting: the turn sends this one
+    turns.grant()
+    await recorder.wait_for(1)
+    assert [p.position for p in recorder.sent] == [1]
+    await reporter.close()
+
+
+async def test_close_does_not_wait_for_a_turn() -> None:
+    recorder, turns = Recorder(), Turns()
+    reporter = ProgressReporter(recorder.send, interval=0.0, gate=turns)
+    reporter.update("submitting")
+    await asyncio.wait_for(turns.waiting.wait(), 5)
+    await asyncio.wait_for(reporter.close(), 5)  # the job's result must not queue behind other jobs' edits
+    assert recorder.sent == []

@@ -16,7 +16,7 @@ import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -81,8 +81,12 @@ def placeholders(template: str) -> set[str]:
     return {field for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
+@lru_cache(maxsize=4096)
 def number(value: int, language: str) -> str:
-    """An integer written the way `language` groups digits (`1,234,567`)."""
+    """An integer written the way `language` groups digits (`1,234,567`).
+
+    Cached: Babel takes ~0.1 ms a number, and every progress edit formats a few (elapsed seconds, queue
+    positions, credits), which at a thousand running jobs was seconds of the event loop's time."""
     return str(format_decimal(value, locale=language, group_separator=True))
 
 

@@ -222,6 +222,7 @@ class FakeGateway:
         self.requests: list[RecordedRequest] = []
         self.operations: dict[str, Operation] = {}
         self.files: dict[str, bytes] = {}
+        self._file_holds: dict[str, tuple[int, asyncio.Event]] = {}
         self._scripts: list[_Script] = []
         self._waiters: list[tuple[Callable[[RecordedRequest], bool], asyncio.Future[RecordedRequest]]] = []
         self._ids = itertools.count(1)
@@ -397,7 +398,7 @@ class FakeGateway:
                 return await self._scripted(scripted)
             if scripted is not None:
                 await self._hold(scripted)
-            return self._serve_file(request.match_info["tail"].removeprefix("files/"))
+            return await self._serve_file(request, request.match_info["tail"].removeprefix("files/"))
         if kind not in ("POST", "POLL"):
             return self._error(404, "not found")
         if not self._authorized(request):
@@ -563,9 +564,26 @@ class FakeGateway:
             return web.json_response({"operation_id": op_id, "status": status, "error": behaviour.failure_message})
         return web.json_response({"operation_id": op_id, "status": status})
 
-    def _serve_file(self, name: str) -> web.Response:
+    def hold_file(self, name: str, after_bytes: int, gate: asyncio.Event) -> None:
+        """Serve file `name` in two parts: its first `after_bytes`, then the rest once `gate` is set (a slow
+        CDN mid-body; closing the fake ends the body there)."""
+        self._file_holds[name] = (after_bytes, gate)
+
+    async def _serve_file(self, request: web.Request, name: str) -> web.StreamResponse:
         op_id = name.rsplit("-", 1)[0]
         op = self.operations.get(op_id)
         if name not in self.files or (op is not None and op.behaviour.result_missing):
             return web.Response(status=404, text="Not Found")
-        return web.Response(body=self.files[name], content_type="image/png")
+        body = self.files[name]
+        if name not in self._file_holds:
+            return web.Response(body=body, content_type="image/png")
+        after, gate = self._file_holds[name]
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.content_length = len(body)
+        await resp.prepare(request)
+        await resp.write(body[:after])
+        await self._hold(Reply.held(gate))
+        if not self._closing.is_set():
+            await resp.write(body[after:])
+            await resp.write_eof()
+        return resp
