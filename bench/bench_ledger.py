@@ -26,7 +26,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bot.ledger import Ledger
+from bot.credits.ledger import Ledger
 from bot.store.base import Store
 from bot.store.postgres import PostgresStore
 from bot.store.records import Allowance, JobStatus, NewJob

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import re2
 
-from bot.moderation import Blocklist, Moderator
+from bot.moderation.blocklist import Blocklist, Moderator
 from bot.store.records import BlockedTerm
 from bot.store.sqlite import SqliteStore
 
@@ -65,7 +65,7 @@ def make_prompts(rng: random.Random) -> dict[str, str]:
     return {"typical (100 chars)": words(100), "long (1500 chars)": words(1500), "korean (1500 chars)": korean}
 
 
-# --- the check as it was before the cache (bot/moderation.py before issue 8) ----------------------------
+# --- the check as it was before the cache (bot/moderation/blocklist.py before issue 8) ----------------------------
 
 
 def _old_compile(pattern: str, is_regex: bool) -> object:

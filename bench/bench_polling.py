@@ -18,7 +18,7 @@ Detection lag = the moment the client holds the completed answer - the moment th
 complete on the fake (both time.monotonic in this process).
 
 Last, the event loop's worst stall is measured with a 1 ms ticker while four 4096×4096 noise PNGs are
-decoded from base64 data URLs and checked concurrently through `bot.images.decode_image_async`.
+decoded from base64 data URLs and checked concurrently through `bot.generation.images.decode_image_async`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from dataclasses import dataclass
 import aiohttp
 from pydantic import SecretStr
 
-from bot.gateway import GatewayClient
-from bot.images import decode_image, decode_image_async
-from bot.polling import POLL_BUDGET, PollPlanner, PollSchedule
+from bot.generation.gateway import GatewayClient
+from bot.generation.images import decode_image, decode_image_async
+from bot.generation.polling import POLL_BUDGET, PollPlanner, PollSchedule
 from tests.fakes import FakeGateway, make_png
 
 # Median durations (s) of the mix; the names are the fake's async models, the figures the point.

@@ -77,7 +77,7 @@ class DispatchProfile:
         self.dispatcher: asyncio.Task[object] | None = None
 
     def install(self) -> None:
-        import bot.jobs
+        import bot.jobs.service
         from bot.store.sqlite import SqliteStore
 
         def timed_async(owner: object, name: str, label: str, only_inside: bool) -> None:
@@ -109,11 +109,11 @@ class DispatchProfile:
 
             setattr(module, name, wrapper)
 
-        timed_async(bot.jobs.JobService, "_dispatch", "dispatch (all)", only_inside=False)
+        timed_async(bot.jobs.service.JobService, "_dispatch", "dispatch (all)", only_inside=False)
         timed_async(SqliteStore, "active_jobs", "store.active_jobs", only_inside=True)
         timed_async(SqliteStore, "update_job", "store.update_job (claims)", only_inside=True)
-        timed_sync(bot.jobs, "pick_jobs_to_start")
-        timed_sync(bot.jobs, "queue_positions")
+        timed_sync(bot.jobs.service, "pick_jobs_to_start")
+        timed_sync(bot.jobs.service, "queue_positions")
 
     def _add(self, label: str, seconds: float) -> None:
         self.totals[label] = self.totals.get(label, 0.0) + seconds

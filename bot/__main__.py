@@ -17,9 +17,9 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from pydantic import ValidationError
 
-from bot.catalog import CatalogError
 from bot.config import Settings
 from bot.errors import StartupError
+from bot.generation.catalog import CatalogError
 from bot.logs import configure_logging
 from bot.net import guarded_session
 from bot.ops.runtime import ops_running

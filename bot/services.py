@@ -6,21 +6,21 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from bot.automod import AutoModChecker
-from bot.catalog import Catalog
 from bot.config import Settings
-from bot.gateway import GatewayClient
-from bot.images import set_memory_budget
-from bot.jobs import JobService
-from bot.ledger import Ledger
-from bot.moderation import Moderator
+from bot.credits.ledger import Ledger
+from bot.credits.policy import PolicyService
+from bot.generation.catalog import Catalog
+from bot.generation.gateway import GatewayClient
+from bot.generation.images import set_memory_budget
+from bot.generation.polling import PollPlanner
+from bot.jobs.scheduling import ConcurrencyLimits
+from bot.jobs.service import JobService
+from bot.moderation.automod import AutoModChecker
+from bot.moderation.blocklist import Moderator
 from bot.ops.alerts import Alerts, WebhookSink
 from bot.ops.caps import CapsPolicy
 from bot.ops.metrics import Metrics
 from bot.ops.seat import OperatorService, OpsHooks
-from bot.policy import PolicyService
-from bot.polling import PollPlanner
-from bot.scheduling import ConcurrencyLimits
 from bot.store.base import Store
 
 

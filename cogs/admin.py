@@ -2,7 +2,7 @@
 
 Every command needs Manage Server, enforced by a check here (`default_permissions` is only a hint that
 server admins can override), and answers ephemerally. Validation and auditing happen in the core
-(`bot.policy`); this module only translates between Discord and it.
+(`bot.credits.policy`); this module only translates between Discord and it.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.charts import ChartLabels, render_usage_chart_async
+from bot.credits.policy import parse_export_range
 from bot.discord_app import NO_MENTIONS, language_choices, locale_of
 from bot.i18n import catalogs, server_language
 from bot.messages import has_text, number_text, text
-from bot.policy import parse_export_range
 from cogs.rendering import allowance_text
 from cogs.request_checks import automod_fetcher
 
@@ -395,7 +395,7 @@ class AdminCog(commands.Cog):
 
     @server_timezone.autocomplete("name")
     async def _timezones(self, interaction: discord.Interaction[Any], current: str) -> list[app_commands.Choice[str]]:
-        from bot.policy import timezone_names
+        from bot.credits.policy import timezone_names
 
         return [app_commands.Choice(name=z, value=z) for z in timezone_names(current)]
 

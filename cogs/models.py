@@ -8,8 +8,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.catalog import OPTION_NAMES
 from bot.discord_app import NO_MENTIONS, locale_of
+from bot.generation.catalog import OPTION_NAMES
 from bot.messages import text
 
 if TYPE_CHECKING:

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import BotError, DeliveryError
+from bot.generation.images import ImageData, fit_for_upload_async
 from bot.i18n import server_language
-from bot.images import ImageData, fit_for_upload_async
-from bot.jobs import Delivery
-from bot.progress import Progress
+from bot.jobs.progress import Progress
+from bot.jobs.service import Delivery
 from bot.store.records import JobRecord
 from cogs.buttons import NO_MENTIONS, result_view, running_view
 from cogs.rendering import failure_embed, progress_embed, result_embeds
@@ -81,7 +81,7 @@ async def guild_of(bot: ImagineBot, guild_id: int) -> discord.Guild | None:
 
 
 class DiscordJobPresenter:
-    """Implements `bot.jobs.JobPresenter` for Discord."""
+    """Implements `bot.jobs.service.JobPresenter` for Discord."""
 
     def __init__(self, bot: ImagineBot) -> None:
         self._bot = bot

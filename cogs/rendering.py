@@ -7,8 +7,8 @@ import time
 import discord
 
 from bot.errors import BotError, ContentPolicyError
+from bot.jobs.progress import Progress
 from bot.messages import error_text, text
-from bot.progress import Progress
 from bot.store.records import Allowance, JobRecord
 
 COLOR_WORKING = discord.Colour.blurple()

@@ -9,7 +9,7 @@ from typing import Any
 
 import discord
 
-from bot.automod import RuleFetcher, RulesUnavailableError
+from bot.moderation.automod import RuleFetcher, RulesUnavailableError
 from bot.store.records import GuildPolicy
 
 log = logging.getLogger(__name__)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from bot.automod import AutoModChecker, RulesUnavailableError, parse_rules
 from bot.errors import AutoModBlockedError
+from bot.moderation.automod import AutoModChecker, RulesUnavailableError, parse_rules
 
 
 def rule(**meta: Any) -> dict[str, Any]:

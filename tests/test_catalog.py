@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.catalog import Catalog, CatalogError
 from bot.errors import InvalidCountError, InvalidOptionError, UnknownModelError, UnsupportedOptionError
+from bot.generation.catalog import Catalog, CatalogError
 
 # The table of ../shared/docs/image-api.md: model -> (credits per image, mode).
 REFERENCE = {

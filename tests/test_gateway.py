@@ -31,9 +31,9 @@ from bot.errors import (
     RequestRejectedError,
     UpstreamError,
 )
-from bot.gateway import GatewayClient
-from bot.images import ImageData, memory_budget, set_memory_budget
-from bot.polling import PollSchedule
+from bot.generation.gateway import GatewayClient
+from bot.generation.images import ImageData, memory_budget, set_memory_budget
+from bot.generation.polling import PollSchedule
 from bot.throttle import ImageMemoryBudget
 from tests.fakes import FakeGateway, Reply, make_png
 
@@ -427,7 +427,7 @@ async def test_unknown_status_keeps_polling_and_logs_once(
     gw.configure(ASYNC, pending_status="warming_up")
     sub = await client.submit(ASYNC, "p", {})
     assert sub.operation_id
-    with caplog.at_level(logging.WARNING, logger="bot.gateway"):
+    with caplog.at_level(logging.WARNING, logger="bot.generation.gateway"):
         for _ in range(3):
             result = await client.poll(sub.operation_id, ASYNC)
             assert result.state == "pending" and result.raw_status == "warming_up"

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from bot.errors import DeliveryError, MalformedResponseError
-from bot.images import (
+from bot.generation.images import (
     ImageData,
     b64decode_strict,
     decode_b64,

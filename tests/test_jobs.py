@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 
 from bot.config import Settings
+from bot.credits.ledger import Ledger
 from bot.errors import BotError, DeliveryError
-from bot.jobs import Delivery
-from bot.ledger import Ledger
-from bot.progress import Progress
+from bot.jobs.progress import Progress
+from bot.jobs.service import Delivery
 from bot.services import Services
 from bot.store import open_store
 from bot.store.base import Store
@@ -421,7 +421,7 @@ async def test_a_hold_never_acknowledged_is_released_by_the_next_start(
     monkeypatch: pytest.MonkeyPatch,
     settled: Callable[[str], Any],
 ) -> None:
-    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.05)
+    monkeypatch.setattr("bot.jobs.service.UNACKNOWLEDGED_AFTER", 0.05)
     settings = make_settings()
     async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
         services = Services.build(settings, session, store)
@@ -439,7 +439,7 @@ async def test_a_hold_never_acknowledged_is_released_by_the_next_start(
 async def test_an_idle_bot_still_releases_a_hold_whose_acknowledgement_failed(
     start_core: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, settled: Callable[[str], Any]
 ) -> None:
-    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.1)
+    monkeypatch.setattr("bot.jobs.service.UNACKNOWLEDGED_AFTER", 0.1)
     core = await start_core()
     # Held, then Discord refused the acknowledgement and the caller was cancelled: no reply, and no
     # other activity will wake the dispatcher.
@@ -536,7 +536,7 @@ async def test_a_queued_job_with_its_reply_is_never_taken_for_unacknowledged(
     monkeypatch: pytest.MonkeyPatch,
     settled: Callable[[str], Any],
 ) -> None:
-    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.05)
+    monkeypatch.setattr("bot.jobs.service.UNACKNOWLEDGED_AFTER", 0.05)
     core = await start_core(max_jobs_global=1)
     gateway.configure("xai/grok-imagine-image", completion_delay=3600)
     blocker = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])

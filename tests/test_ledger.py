@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from bot.config import Settings
+from bot.credits.ledger import MAX_ADJUSTMENT, Balance, BudgetStatus, Ledger, period_bounds
 from bot.errors import BudgetExhaustedError, InsufficientCreditsError, InvalidAmountError
-from bot.ledger import MAX_ADJUSTMENT, Balance, BudgetStatus, Ledger, period_bounds
 from bot.store.records import Allowance, EntryKind, JobStatus, NewJob
 from bot.store.sqlite import SqliteStore
 from tests.factories import make_job

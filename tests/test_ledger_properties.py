@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from bot.credits.ledger import Ledger, period_bounds
 from bot.errors import InsufficientCreditsError
-from bot.ledger import Ledger, period_bounds
 from bot.store.base import Store
 from bot.store.postgres import PostgresStore
 from bot.store.records import Allowance, EntryKind, JobStatus

@@ -8,8 +8,8 @@ from collections import Counter
 
 import pytest
 
+from bot.credits.ledger import Ledger
 from bot.errors import BudgetExhaustedError, InsufficientCreditsError
-from bot.ledger import Ledger
 from bot.store.records import Allowance, EntryKind, JobStatus, NewJob
 from bot.store.sqlite import SqliteStore
 from tests.factories import make_job

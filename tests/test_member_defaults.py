@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.catalog import Catalog
 from bot.errors import InvalidValueError, UnknownModelError
+from bot.generation.catalog import Catalog
 from bot.members import apply_defaults, clean_defaults
 from bot.styles import apply_style, check_style
 

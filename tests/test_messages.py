@@ -47,7 +47,7 @@ def test_missing_parameter_never_crashes() -> None:
 
 
 def test_a_refusal_names_the_field_and_the_rule_in_the_readers_language() -> None:
-    from bot.policy import check_timezone
+    from bot.credits.policy import check_timezone
 
     with pytest.raises(errors.InvalidValueError) as refused:
         check_timezone("Mars/Base")

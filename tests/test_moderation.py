@@ -9,7 +9,7 @@ import pytest
 
 from bot import moderation
 from bot.errors import BlockedPromptError, InvalidValueError
-from bot.moderation import Blocklist, Moderator, compile_term, find_blocked
+from bot.moderation.blocklist import Blocklist, Moderator, compile_term, find_blocked
 from bot.store.base import Store
 from bot.store.records import BlockedTerm
 

@@ -12,7 +12,7 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from pydantic import SecretStr
 
 from bot.errors import DownloadError
-from bot.gateway import GatewayClient
+from bot.generation.gateway import GatewayClient
 from bot.net import GuardedResolver, RefusedAddressError, guarded_session, refusal_reason
 from tests.fakes.fake_gateway import FakeGateway, Reply, make_png
 from tests.fakes.tcp_probe import ConnectionProbe

@@ -8,8 +8,8 @@ import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
+from bot.credits.ledger import Ledger
 from bot.errors import BotDailyCapError, GatewayAuthError, ServerCapReachedError, UpstreamError
-from bot.ledger import Ledger
 from bot.ops.alerts import Alerts, WebhookSink
 from bot.store.base import Store
 from bot.store.records import Allowance

@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from bot.catalog import Catalog
 from bot.config import Settings
+from bot.credits.ledger import Ledger, period_bounds
+from bot.credits.policy import PolicyService
 from bot.errors import (
     AboveOperatorCapError,
     BotDailyCapError,
@@ -16,9 +17,8 @@ from bot.errors import (
     GuildNotApprovedError,
     ServerCapReachedError,
 )
-from bot.ledger import Ledger, period_bounds
+from bot.generation.catalog import Catalog
 from bot.ops.caps import CapsPolicy
-from bot.policy import PolicyService
 from bot.store.base import Store
 from bot.store.records import Allowance, HoldLimits, JobStatus
 from tests.factories import make_job

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bot.catalog import Catalog
+from bot.credits.ledger import Ledger
+from bot.credits.policy import PolicyService
 from bot.errors import (
     BlocklistFullError,
     DefaultModelDisabledError,
@@ -18,8 +19,7 @@ from bot.errors import (
     ModelDisabledError,
     UnknownModelError,
 )
-from bot.ledger import Ledger
-from bot.policy import PolicyService
+from bot.generation.catalog import Catalog
 from bot.store.base import Store
 from bot.store.records import Allowance, JobStatus
 from tests.factories import make_job

@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.config import Settings
-from bot.polling import PollPlanner, PollSchedule
+from bot.generation.polling import PollPlanner, PollSchedule
 
 MIN, MAX = 0.25, 10.0
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.progress import Progress, ProgressReporter
+from bot.jobs.progress import Progress, ProgressReporter
 
 
 class Recorder:

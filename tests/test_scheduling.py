@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.scheduling import ConcurrencyLimits, fair_order, pick_jobs_to_start, queue_positions
+from bot.jobs.scheduling import ConcurrencyLimits, fair_order, pick_jobs_to_start, queue_positions
 from bot.store.records import JobRecord, JobStatus
 
 

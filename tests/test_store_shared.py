@@ -7,13 +7,13 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from bot.credits.ledger import Ledger
 from bot.errors import (
     BudgetExhaustedError,
     DefaultModelDisabledError,
     InsufficientCreditsError,
     ModelDisabledError,
 )
-from bot.ledger import Ledger
 from bot.store.base import Store
 from bot.store.records import Allowance, EntryKind, JobStatus, NewJob, RunLimits
 from tests.factories import make_job

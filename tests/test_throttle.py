@@ -14,7 +14,7 @@ import pytest
 from pydantic import SecretStr
 
 from bot.config import Settings
-from bot.gateway import GatewayClient
+from bot.generation.gateway import GatewayClient
 from bot.throttle import RequestRateLimiter
 from tests.fakes import FakeGateway
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.scheduling import ConcurrencyLimits
+from bot.jobs.scheduling import ConcurrencyLimits
+from bot.jobs.waiting import estimate_starts
 from bot.store.records import JobRecord, JobStatus
-from bot.waiting import estimate_starts
 
 NOW = 1_000.0
 

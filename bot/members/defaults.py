@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bot.catalog import OPTION_NAMES, Catalog
 from bot.errors import InvalidValueError
+from bot.generation.catalog import OPTION_NAMES, Catalog
 
 DEFAULT_KEYS = ("model", "count", *OPTION_NAMES)
 

@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 from pydantic import SecretStr
 
+from bot.credits.ledger import Ledger, period_bounds
 from bot.errors import (
     BotDailyCapError,
     BotError,
@@ -37,7 +38,6 @@ from bot.errors import (
     ServerCapReachedError,
 )
 from bot.i18n import server_language
-from bot.ledger import Ledger, period_bounds
 from bot.messages import has_text, text
 from bot.ops.caps import CapsPolicy
 from bot.store.base import Store

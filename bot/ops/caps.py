@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bot.config import Settings
+from bot.credits.ledger import PERIOD_DAYS, period_bounds
 from bot.errors import AboveOperatorCapError, GuildNotApprovedError
-from bot.ledger import PERIOD_DAYS, period_bounds
 from bot.store.base import Store
 from bot.store.records import Allowance, HoldLimits
 

@@ -1,6 +1,6 @@
 """What the job code tells the operator's side, and asks it: a small interface with no-op defaults.
 
-`bot.jobs` calls these at a job's steps; `bot.ops.seat.OpsHooks` feeds metrics and alerts from them. A
+`bot.jobs.service` calls these at a job's steps; `bot.ops.seat.OpsHooks` feeds metrics and alerts from them. A
 hook never raises into the job (failures are logged) and never blocks it for long.
 """
 

@@ -15,14 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bot.credits.ledger import period_bounds
+from bot.credits.policy import check_allowance
 from bot.errors import BotError, InvalidValueError, RequestError
 from bot.i18n import Phrase
-from bot.ledger import period_bounds
 from bot.ops.alerts import Alerts
 from bot.ops.caps import CapsPolicy
 from bot.ops.hooks import JobHooks
 from bot.ops.metrics import Metrics
-from bot.policy import check_allowance
 from bot.store.base import Store
 from bot.store.records import GuildOps, JobRecord, JobStatus, NewJob, SpendLine
 

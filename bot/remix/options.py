@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from bot.catalog import OPTION_NAMES
 from bot.errors import InvalidValueError
+from bot.generation.catalog import OPTION_NAMES
 from bot.i18n import Phrase
 
 

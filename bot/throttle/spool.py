@@ -22,7 +22,7 @@ from typing import TypeVar
 
 from bot.throttle.memory import ImageMemoryBudget
 
-HEAD_BYTES = 16  # enough for every magic number `bot.images.sniff_format` knows
+HEAD_BYTES = 16  # enough for every magic number `bot.generation.images.sniff_format` knows
 _WRITE_BATCH = 256 * 1024  # bytes gathered before one write in the worker: little held outside the budget
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.catalog import OPTION_NAMES, Catalog
+from bot.generation.catalog import OPTION_NAMES, Catalog
 from bot.i18n import catalogs
 from bot.store.records import EntryKind
 from tests.e2e.harness import WAIT, World, status_line, visible

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.catalog import Catalog
-from bot.ledger import Ledger
+from bot.credits.ledger import Ledger
+from bot.generation.catalog import Catalog
 from bot.store.records import Allowance, EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
 from tests.factories import make_job
@@ -248,7 +248,7 @@ async def test_a_crash_before_recording_what_was_posted_is_settled_from_the_repl
 async def test_a_recovery_failure_is_retried_and_never_strands_credits(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("bot.jobs.UNACKNOWLEDGED_AFTER", 0.05)
+    monkeypatch.setattr("bot.jobs.service.UNACKNOWLEDGED_AFTER", 0.05)
     await world.start()
     world.gw.configure(ASYNC_MODEL, completion_delay=3600)
     first_fi = await world.imagine("first", model=ASYNC_MODEL)

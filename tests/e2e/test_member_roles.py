@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from bot.ledger import Allowance
+from bot.credits.ledger import Allowance
 from bot.store.records import JobStatus
 from tests.e2e.harness import WAIT, World, status_line
 from tests.fakes.fake_discord import FakeMember

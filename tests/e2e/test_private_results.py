@@ -26,7 +26,7 @@ async def test_result_url_into_a_private_network_is_refunded_and_never_fetched(
     async with ConnectionProbe() as probe:
         await world.start(allow_loopback_http=allow_loopback)
         world.gw.configure(ASYNC_MODEL, completion_delay=0.1, result_url_base=f"https://{host}:{probe.port}/files")
-        with caplog.at_level(logging.WARNING, logger="bot.gateway"):
+        with caplog.at_level(logging.WARNING, logger="bot.generation.gateway"):
             fi = await world.imagine("the server room", model=ASYNC_MODEL)
             message = await world.finished(fi)
         assert "could not be downloaded" in status_line(message) and "refunded" in status_line(message)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bot.catalog import Catalog
+from bot.generation.catalog import Catalog
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
 from tests.fakes.fake_discord import CallbackType, FakeDiscord, FakeInteraction, Perm

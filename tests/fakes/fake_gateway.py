@@ -38,7 +38,7 @@ from typing import Any, Literal
 from aiohttp import web
 from PIL import Image
 
-from bot.catalog import Catalog, ModelSpec
+from bot.generation.catalog import Catalog, ModelSpec
 
 API_PREFIX = "/v1/gateway"
 SYNC_PROVIDERS = ("Google", "OpenAI")

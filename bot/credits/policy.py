@@ -14,17 +14,17 @@ from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from bot.catalog import Catalog
 from bot.charts import DailySpend, daily_spend
+from bot.credits.ledger import Ledger, period_bounds
 from bot.errors import (
     BlocklistFullError,
     InvalidAmountError,
     InvalidValueError,
 )
+from bot.generation.catalog import Catalog
 from bot.i18n import Phrase, languages
-from bot.ledger import Ledger, period_bounds
 from bot.messages import text
-from bot.moderation import compile_term
+from bot.moderation.blocklist import compile_term
 from bot.store.base import Store
 from bot.store.records import Allowance, BlockedTerm, GuildPolicy, Period, SpoilerMode
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start
+from bot.jobs.scheduling import ConcurrencyLimits, pick_jobs_to_start
 from bot.store.records import JobRecord
 
 MAX_SIMULATED = 200  # jobs further back get no estimate (the queue is never this long in practice)

@@ -15,7 +15,7 @@ from typing import Any
 
 import re2
 
-from bot.moderation import Matcher
+from bot.moderation.blocklist import Matcher
 
 KEYWORD_TRIGGER = 1  # trigger_type KEYWORD; presets, spam and mention rules are not about prompt text
 MESSAGE_SEND = 1  # event_type

@@ -44,9 +44,9 @@ from bot.errors import (
     RequestRejectedError,
     UpstreamError,
 )
-from bot.images import ImageData, decode_image_async, inspect_body_async, memory_budget, sniff_format
+from bot.generation.images import ImageData, decode_image_async, inspect_body_async, memory_budget, sniff_format
+from bot.generation.polling import PollSchedule
 from bot.net import refusal_of
-from bot.polling import PollSchedule
 from bot.throttle import RequestRateLimiter
 from bot.throttle.rate import SUBMIT_PRIORITY
 from bot.throttle.spool import HEAD_BYTES, SpooledBody, SpoolingBuffer

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from bot.credits.ledger import Ledger
 from bot.errors import (
     BotError,
     DeliveryError,
@@ -28,19 +29,18 @@ from bot.errors import (
     RequestError,
     ShuttingDownError,
 )
-from bot.gateway import GatewayClient
-from bot.images import ImageData
-from bot.ledger import Ledger
+from bot.generation.gateway import GatewayClient
+from bot.generation.images import ImageData
+from bot.generation.polling import PollPlanner
+from bot.jobs.progress import Progress, ProgressReporter, Stage
+from bot.jobs.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
+from bot.jobs.waiting import estimate_starts
 from bot.members.roles import DEFAULT_TTL, MemberRoles
 from bot.ops.hooks import JobHooks
 from bot.ops.logctx import job_context, set_job_context
-from bot.polling import PollPlanner
-from bot.progress import Progress, ProgressReporter, Stage
-from bot.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
 from bot.store.base import Store
 from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
 from bot.throttle import RequestRateLimiter
-from bot.waiting import estimate_starts
 
 log = logging.getLogger(__name__)
 

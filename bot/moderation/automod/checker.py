@@ -13,8 +13,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bot.automod.rules import KeywordRule, parse_rules
 from bot.errors import AutoModBlockedError
+from bot.moderation.automod.rules import KeywordRule, parse_rules
 
 RuleFetcher = Callable[[], Awaitable[list[dict[str, Any]] | None]]
 CACHE_SECONDS = 60.0  # an admin's new rule applies within a minute

@@ -1,0 +1,1 @@
+"""Credits: the ledger (allowances, periods, holds, settlements) and the admin policy over it."""
