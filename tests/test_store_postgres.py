@@ -71,3 +71,30 @@ def test_a_portable_migration_with_real_is_refused_for_postgres(tmp_path, monkey
         load_migrations("postgres", "fake_migrations")
     (package / "0002_b.postgres.sql").write_text("ALTER TABLE t ADD COLUMN seen_at DOUBLE PRECISION;\n")
     assert [n for _, n, _ in load_migrations("postgres", "fake_migrations")] == ["0001_a.sql", "0002_b.postgres.sql"]
+
+
+async def test_a_hold_in_one_trip_stores_every_value_exactly(pg_schema: str) -> None:
+    """The hold goes to the database as text values in an array (hold_after_locks): every kind of value
+    (quotes, Korean, what looks like SQL or a parameter, 64-bit ids, fractional epochs, NULLs, a flag)
+    comes back exactly as given."""
+    job = make_job(
+        id="j'1",
+        guild_id=2**63 - 1,
+        user_id=2**62 + 3,
+        prompt="it's a \"fox\" \\ 여우 $1 :amount ); DROP TABLE jobs; --",
+        params={"seed": 2**53 + 1, "note": "여우"},
+        application_id=None,
+        token_expires_at=1_710_000_123.123456789,
+        spoiler=True,
+        mode="async",
+    )
+    now = 1_710_000_000.1 + 2**-20
+    async with PostgresStore(PG_DSN, schema=pg_schema) as store:
+        held = await store.create_job_with_hold(job, HoldLimits(100, 0.0), now=now)
+        stored = await store.get_job(job.id)
+    assert stored == held
+    assert (stored.guild_id, stored.user_id, stored.prompt, stored.params) == (
+        job.guild_id, job.user_id, job.prompt, job.params
+    )
+    assert (stored.created_at, stored.token_expires_at, stored.application_id) == (now, job.token_expires_at, None)
+    assert stored.spoiler is True and stored.hold_amount == 5

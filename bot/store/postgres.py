@@ -10,8 +10,15 @@ transaction-scoped advisory locks, the whole bot's, the server's, then the membe
 everywhere: no deadlock), exclusive on each scope whose limit the hold checks (the operator's bot-wide
 caps; budget, server cap and server queue; allowance and member queue) and shared on the others, and
 only then runs the guarded insert: its statement snapshot is taken after the locks, so it sees every
-hold committed before it. Settlements
-need no lock: a capture or release never raises what counts against a limit.
+hold committed before it. Settlements need no lock: a capture or release never raises what counts
+against a limit.
+
+Round trips. A hold is one: a call of a plpgsql function made from the shared statements (see
+`hold_function`) that takes the locks, runs the guarded hold and, on a refusal, reads its figures, all in
+the implicit transaction of one statement, which commits before the locks are released. Each
+connection creates the function for a set of guards the first time it needs it, in its own session
+(`pg_temp`: nothing shared to migrate or race on), and plans its statements once. A settlement is one
+statement. asyncpg's statement cache keeps both calls prepared on each connection.
 
 Claims take one advisory lock for the whole claim statement, so the run limits hold across processes.
 """
@@ -20,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -51,9 +60,51 @@ def _bind(statement: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
     return text, [params[name] for name in names]
 
 
+_NUMBERED = re.compile(r"\$(\d+)")
+LOCK_PARAMS = 2  # a hold function's first parameters: the lock keys, and which are exclusive
+
+
+def _shifted(text: str, by: int) -> str:
+    """A numbered statement with every `$n` renumbered `$(n + by)`."""
+    return _NUMBERED.sub(lambda m: f"${int(m.group(1)) + by}", text)
+
+
+def hold_function(name: str, hold: str, hold_types: Sequence[str], figures: str, figure_types: Sequence[str]) -> str:
+    """`CREATE FUNCTION pg_temp.<name>`: a hold in one call, from the shared statements (numbered).
+
+    Its parameters: the lock keys and their modes, the hold statement's, then the figures statement's.
+    It takes the locks in the order given, runs the guarded hold, and on a refusal reads the figures.
+    VOLATILE (the default): under READ COMMITTED each statement in it takes a fresh snapshot, so the hold,
+    run after the locks, sees every hold committed before them. Called as one statement in autocommit,
+    its implicit transaction commits before the locks are released. Static SQL: each session plans it
+    once and keeps the plan, as a prepared statement would.
+    """
+    params = ", ".join(["BIGINT[]", "BOOLEAN[]", *hold_types, *figure_types])
+    figures_text = _shifted(figures, LOCK_PARAMS + len(hold_types))
+    return f"""
+CREATE FUNCTION pg_temp.{name}({params}, OUT held BOOLEAN, OUT figures JSON) LANGUAGE plpgsql AS $hold$
+DECLARE
+    inserted TEXT;
+BEGIN
+    FOR i IN 1 .. coalesce(array_length($1, 1), 0) LOOP
+        IF $2[i] THEN
+            PERFORM pg_advisory_xact_lock($1[i]);
+        ELSE
+            PERFORM pg_advisory_xact_lock_shared($1[i]);
+        END IF;
+    END LOOP;
+    {_shifted(hold, LOCK_PARAMS)} INTO inserted;
+    held := inserted IS NOT NULL;
+    IF NOT held THEN
+        SELECT row_to_json(f) INTO figures FROM ({figures_text}) AS f;
+    END IF;
+END $hold$
+"""
+
+
 class _PgTx:
     """`Tx` on one pooled connection. BEGIN goes out with the first statement: with the locks, when the
-    transaction starts with them, so a hold's BEGIN and its locks are one round trip."""
+    transaction starts with them, so BEGIN and the locks are one round trip."""
 
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
@@ -107,6 +158,7 @@ class PostgresStore(SqlStore):
         self._max_size = max_size
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
+        self._hold_functions: dict[str, tuple[str, str]] = {}  # hold statement -> (function name, CREATE)
 
     @property
     def dsn(self) -> str:
@@ -189,25 +241,64 @@ class PostgresStore(SqlStore):
             return result
 
     async def _hold(self, request: HoldRequest) -> JobRecord:
-        try:
-            return await self._write(lambda tx: self._hold_in(tx, request))
-        except asyncpg.UniqueViolationError as exc:
-            raise DuplicateJobError(f"job {request.values['id']} already exists") from exc
-
-    async def _hold_in(self, tx: Tx, request: HoldRequest) -> JobRecord:
-        """Locks, then the guarded hold and its job row in one statement (the job row only where the hold
-        went in). A refusal reads its figures in the next statement, under the same locks; if a release
-        committed in between (releases take no lock) the figures show room, and the hold is tried again."""
-        await tx.lock(request.lock_keys)
+        """The locks, the guarded hold and its job row (one statement: the job row only where the hold went
+        in) and, when refused, the figures: one call of a hold function (`hold_function`), one round
+        trip. If a release committed between the refused insert and the figures (releases take no lock),
+        the figures show room, and the hold is tried again."""
         statement = f"WITH held AS ({request.sql} RETURNING job_id) {sql.JOB_ROW} FROM held RETURNING id"
+        hold_text, hold_args = _bind(statement, request.values)
+        figures_text, figure_args = _bind(self.queries.limit_figures, request.figure_values)
+        name, create = await self._hold_function(hold_text, figures_text)
+        args = [
+            [lock_key(key) for key, _ in request.lock_keys],
+            [exclusive for _, exclusive in request.lock_keys],
+            *hold_args,
+            *figure_args,
+        ]
+        marks = ", ".join(f"${n}" for n in range(1, len(args) + 1))
+        call = f"SELECT held, figures FROM pg_temp.{name}({marks})"
         for _ in range(HOLD_ATTEMPTS):
-            if await tx.fetch(statement, request.values):
+            try:
+                row = await self._call_hold(call, create, args)
+            except asyncpg.UniqueViolationError as exc:
+                raise DuplicateJobError(f"job {request.values['id']} already exists") from exc
+            if row["held"]:
                 return request.record()
-            figures = await tx.fetch(self.queries.limit_figures, request.figure_values)
-            refusal = request.refusal(figures[0] if figures else None)
+            figures = row["figures"]
+            refusal = request.refusal(None if figures is None else json.loads(figures))
             if not isinstance(refusal, RuntimeError):  # a limit explains it (else: room appeared, retry)
                 raise refusal
         raise refusal
+
+    async def _hold_function(self, hold_text: str, figures_text: str) -> tuple[str, str]:
+        """The name and CREATE statement of the hold function for these statements; the parameter types are
+        asked of PostgreSQL once per statement (a Parse on one connection), then remembered."""
+        known = self._hold_functions.get(hold_text)
+        if known is None:
+            async with self._conn_pool.acquire() as conn:
+                hold_types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(hold_text)).get_parameters()]
+                figure_types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(figures_text)).get_parameters()]
+            name = "hold_" + hashlib.blake2b((hold_text + figures_text).encode(), digest_size=10).hexdigest()
+            known = name, hold_function(name, hold_text, hold_types, figures_text, figure_types)
+            self._hold_functions[hold_text] = known
+        return known
+
+    async def _call_hold(self, call: str, create: str, args: Sequence[Any]) -> Any:
+        """Call a hold function, creating it first on a connection (its session) that does not have it yet.
+        Shielded like `_single`: once sent, the hold commits or fails whole."""
+
+        async def run() -> Any:
+            async with self._conn_pool.acquire() as conn:
+                try:
+                    return await conn.fetchrow(call, *args)
+                except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):  # no pg_temp yet
+                    # The call failed before it ran: nothing was written. Create, then call again.
+                    await conn.execute(create)
+                    return await conn.fetchrow(call, *args)
+
+        task = asyncio.ensure_future(run())
+        task.add_done_callback(_consume_exception)
+        return await asyncio.shield(task)
 
     async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
         rows = await self._single(sql.FINISH_JOB, values)
