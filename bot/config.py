@@ -69,6 +69,11 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(default=8.0, ge=0, le=8)  # SIGTERM must exit within 10 s
     max_queued_per_member: int = Field(default=10, ge=1)  # a member's jobs queued or running
     max_queued_per_guild: int = Field(default=200, ge=1)  # a server's jobs queued or running
+    # Several processes on one database (README "Several processes on PostgreSQL"): a claimed job is the
+    # claiming process's until its lease expires; it renews its leases and heartbeat every HEARTBEAT_SECONDS,
+    # and a process silent for 3 heartbeats is dead: its expired jobs are taken over.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
 
     # Moderation
     blocklist_max_terms: int = Field(default=500, ge=1, le=5000)

@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bot import BOT_VERSION
 from bot.automod import AutoModChecker
 from bot.catalog import Catalog
 from bot.config import Settings
 from bot.gateway import GatewayClient
 from bot.images import set_memory_budget
-from bot.jobs import JobService
+from bot.jobs import JobService, Ownership, new_process_id
 from bot.ledger import Ledger
 from bot.moderation import Moderator
 from bot.ops.alerts import Alerts, WebhookSink
@@ -84,8 +85,16 @@ class Services:
             ),
             progress_interval=settings.progress_edit_interval,
             hooks=OpsHooks(operator, metrics, alerts),
+            ownership=Ownership(
+                new_process_id(),
+                shards=settings.shards or (),
+                version=BOT_VERSION,
+                lease_seconds=settings.job_lease_seconds,
+                heartbeat_seconds=settings.heartbeat_seconds,
+            ),
         )
         operator.running_here = lambda: jobs.running_here
+        operator.alive_seconds = jobs.ownership.alive_seconds
         policy = PolicyService(
             store,
             ledger,
