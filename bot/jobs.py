@@ -474,6 +474,7 @@ class JobService:
         for job_id in await self._store.cancels_requested(own.process_id):
             self._interrupt_for_cancel(job_id)
         await self._take_over()
+        self._wake.set()  # jobs queued by other processes (or slots they freed): claim at least once a beat
 
     def _interrupt_for_cancel(self, job_id: str) -> None:
         """A cancel set by another process: stop the job here and settle it once, as a member's cancel."""
