@@ -243,7 +243,8 @@ WITH running AS (
     WHERE q.turn + (SELECT count(*) FROM running AS r WHERE r.guild_id = q.guild_id AND r.user_id = q.user_id)
           <= :per_member
 ), guild_ranked AS (
-    SELECT m.*, ROW_NUMBER() OVER (PARTITION BY guild_id ORDER BY turn, last_start, asked, created_at, seq) AS guild_turn
+    SELECT m.*,
+           ROW_NUMBER() OVER (PARTITION BY guild_id ORDER BY turn, last_start, asked, created_at, seq) AS guild_turn
     FROM member_ok AS m
 ), guild_ok AS (
     SELECT g.* FROM guild_ranked AS g
