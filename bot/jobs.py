@@ -71,6 +71,10 @@ class Ownership:
         return 3 * self.heartbeat_seconds
 
 
+class LeaseLostError(Exception):
+    """Another process took the job over (this one was taken for dead): stop acting on it, settle nothing."""
+
+
 class RecoveryIncompleteError(RuntimeError):
     """Some unfinished jobs could not be recovered (each failure is logged); `start()` may be retried."""
 
@@ -339,8 +343,11 @@ class JobService:
         return final
 
     async def _check_not_cancelled(self, job_id: str, *expect: JobStatus) -> JobRecord:
-        """The job's row, re-read before its next step; `JobCancelledError` if a cancel got there first."""
+        """The job's row, re-read before its next step; `JobCancelledError` if a cancel got there first,
+        `LeaseLostError` if another process owns it now."""
         current = await self._store.get_job(job_id)
+        if current is not None and not current.is_terminal and current.owner not in (None, self.ownership.process_id):
+            raise LeaseLostError(job_id)
         if current is None or current.cancel_requested or (expect and current.status not in expect):
             raise JobCancelledError()
         return current
@@ -563,6 +570,9 @@ class JobService:
             images = await self._obtain_images(job, reporter, resume=resume)
             await reporter.close()
             await self._deliver(job, images)
+        except LeaseLostError:
+            await reporter.close()
+            log.warning("job id=%s is owned by another process now; leaving it to that one", job.id)
         except asyncio.CancelledError:
             await reporter.close()
             if job.id in self._cancelled_by_member:
@@ -649,6 +659,7 @@ class JobService:
             job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
         )
         if delivering is None:
+            await self._check_not_cancelled(job.id)  # taken over meanwhile: LeaseLostError, nothing settled
             raise JobCancelledError()
         charged = len(images) * job.price
         roles = await presenter.member_roles(job.guild_id, job.user_id)
