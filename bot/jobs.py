@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
 STOP_STEP_TIMEOUT = 0.5  # seconds each shutdown step may take once the grace time is over
 ESTIMATE_STEP = 5.0  # estimated starts are shown rounded to this many seconds (no edit for a smaller drift)
+DISPATCH_GATHER_SECONDS = 0.02  # wake-ups within this long share one claim
 RELEASE_TIMEOUT = 2.0  # seconds a shutdown may spend giving its unfinished jobs back to the other processes
 
 
@@ -357,6 +358,9 @@ class JobService:
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
             await self._wake.wait()
+            # A burst of requests (or of finished jobs) wakes us many times at once: gather them into one
+            # claim rather than one claim each.
+            await asyncio.sleep(DISPATCH_GATHER_SECONDS)
             self._wake.clear()
             try:
                 await self._dispatch()

@@ -223,6 +223,13 @@ DISALLOW_CHANNEL = "DELETE FROM channel_rules WHERE guild_id = :guild_id AND cha
 CLAIM_JOBS = f"""
 WITH running AS (
     SELECT guild_id, user_id FROM jobs WHERE owner IS NOT NULL AND status IN {ACTIVE_SQL}
+), member_running AS (
+    -- counted once, grouped, not once per queued row: a claim's cost stays linear in the jobs
+    SELECT guild_id, user_id, count(*) AS n FROM running GROUP BY guild_id, user_id
+), guild_running AS (
+    SELECT guild_id, count(*) AS n FROM running GROUP BY guild_id
+), total_running AS (
+    SELECT count(*) AS n FROM running
 ), queued AS (
     -- asked: the order members asked in (the interaction's snowflake); jobs without one, by creation
     SELECT id, guild_id, user_id, COALESCE(request_id, 0) AS asked, created_at, rowid AS seq,
@@ -233,29 +240,30 @@ WITH running AS (
 ), served AS (
     -- When each waiting member last had a job started (claimed), by any process: within a round, the
     -- member served longest ago goes first, so a finished job's member goes to the back of the line.
-    SELECT w.guild_id, w.user_id, COALESCE(max(j.started_at), -1) AS last_start
+    SELECT w.guild_id, w.user_id,
+           COALESCE((SELECT max(j.started_at) FROM jobs AS j
+                     WHERE j.guild_id = w.guild_id AND j.user_id = w.user_id), -1) AS last_start
     FROM (SELECT DISTINCT guild_id, user_id FROM queued) AS w
-    LEFT JOIN jobs AS j ON j.guild_id = w.guild_id AND j.user_id = w.user_id AND j.started_at IS NOT NULL
-    GROUP BY w.guild_id, w.user_id
 ), member_ok AS (
     SELECT q.*, s.last_start FROM queued AS q
     JOIN served AS s ON s.guild_id = q.guild_id AND s.user_id = q.user_id
-    WHERE q.turn + (SELECT count(*) FROM running AS r WHERE r.guild_id = q.guild_id AND r.user_id = q.user_id)
-          <= :per_member
+    LEFT JOIN member_running AS mr ON mr.guild_id = q.guild_id AND mr.user_id = q.user_id
+    WHERE q.turn + COALESCE(mr.n, 0) <= :per_member
 ), guild_ranked AS (
     SELECT m.*,
            ROW_NUMBER() OVER (PARTITION BY guild_id ORDER BY turn, last_start, asked, created_at, seq) AS guild_turn
     FROM member_ok AS m
 ), guild_ok AS (
     SELECT g.* FROM guild_ranked AS g
-    WHERE g.guild_turn + (SELECT count(*) FROM running AS r WHERE r.guild_id = g.guild_id) <= :per_guild
+    LEFT JOIN guild_running AS gr ON gr.guild_id = g.guild_id
+    WHERE g.guild_turn + COALESCE(gr.n, 0) <= :per_guild
 ), ranked AS (
     SELECT id, ROW_NUMBER() OVER (ORDER BY turn, last_start, asked, created_at, seq) AS place FROM guild_ok
 )
 UPDATE jobs SET owner = :owner, lease_expires_at = :lease_until, started_at = :now
 WHERE status = 'queued' AND owner IS NULL AND id IN (
-    SELECT id FROM ranked
-    WHERE place <= :most AND place + (SELECT count(*) FROM running) <= :global_limit
+    SELECT r.id FROM ranked AS r, total_running AS t
+    WHERE r.place <= :most AND r.place + t.n <= :global_limit
 )
 RETURNING *
 """
