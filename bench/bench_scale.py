@@ -114,8 +114,9 @@ class BotProcess:
             MAX_JOBS_PER_MEMBER=str(self.limit),
             MAX_JOBS_PER_GUILD=str(self.limit),
             MAX_JOBS_GLOBAL=str(self.limit),
+            # The queue's caps too (a server's jobs queued or running): else a burst past 200 is refused.
             MAX_QUEUED_PER_MEMBER=str(self.limit),
-            MAX_QUEUED_PER_GUILD=str(self.limit),  # one server sends the whole burst
+            MAX_QUEUED_PER_GUILD=str(self.limit),
         )
         return env
 

@@ -112,8 +112,11 @@ class DispatchProfile:
         timed_async(bot.jobs.service.JobService, "_dispatch", "dispatch (all)", only_inside=False)
         timed_async(SqliteStore, "active_jobs", "store.active_jobs", only_inside=True)
         timed_async(SqliteStore, "update_job", "store.update_job (claims)", only_inside=True)
-        timed_sync(bot.jobs.service, "pick_jobs_to_start")
-        timed_sync(bot.jobs.service, "queue_positions")
+        if hasattr(SqliteStore, "claim_jobs"):
+            timed_async(SqliteStore, "claim_jobs", "store.claim_jobs", only_inside=True)
+        for name in ("pick_jobs_to_start", "queue_positions"):  # the first is gone since claims are batched
+            if hasattr(bot.jobs.service, name):
+                timed_sync(bot.jobs.service, name)
 
     def _add(self, label: str, seconds: float) -> None:
         self.totals[label] = self.totals.get(label, 0.0) + seconds

@@ -73,6 +73,11 @@ class Settings(BaseSettings):
     max_queued_per_guild: int = Field(default=200, ge=1)  # a server's jobs queued or running
     # Discord's answers about a member's roles, for jobs resumed after a restart (submitted jobs keep theirs).
     member_roles_cache_seconds: float = Field(default=60.0, ge=0)
+    # Several processes on one database (README "Several processes on PostgreSQL"): a claimed job is the
+    # claiming process's until its lease expires; it renews its leases and heartbeat every HEARTBEAT_SECONDS,
+    # and a process silent for 3 heartbeats is dead: its expired jobs are taken over.
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    heartbeat_seconds: float = Field(default=5.0, gt=0)
 
     # Moderation
     blocklist_max_terms: int = Field(default=500, ge=1, le=5000)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bot import BOT_VERSION
 from bot.config import Settings
 from bot.credits.ledger import Ledger
 from bot.credits.policy import PolicyService
@@ -14,7 +15,7 @@ from bot.generation.gateway import GatewayClient
 from bot.generation.images import set_memory_budget
 from bot.generation.polling import PollPlanner
 from bot.jobs.scheduling import ConcurrencyLimits
-from bot.jobs.service import JobService
+from bot.jobs.service import JobService, Ownership, new_process_id
 from bot.moderation.automod import AutoModChecker
 from bot.moderation.blocklist import Moderator
 from bot.ops.alerts import Alerts, WebhookSink
@@ -86,8 +87,16 @@ class Services:
             hooks=OpsHooks(operator, metrics, alerts),
             member_roles_ttl=settings.member_roles_cache_seconds,
             progress_edits_per_second=settings.progress_edits_per_second or None,
+            ownership=Ownership(
+                new_process_id(),
+                shards=settings.shards or (),
+                version=BOT_VERSION,
+                lease_seconds=settings.job_lease_seconds,
+                heartbeat_seconds=settings.heartbeat_seconds,
+            ),
         )
         operator.running_here = lambda: jobs.running_here
+        operator.alive_seconds = jobs.ownership.alive_seconds
         policy = PolicyService(
             store,
             ledger,

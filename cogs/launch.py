@@ -179,6 +179,7 @@ async def launch_job(
         style=style_name,
         remix_of=request.remix_of,
         spoiler=spoiler,
+        request_id=interaction.id,  # the queue's order: when the member asked
     )
     await services.jobs.submit(job, roles)
 

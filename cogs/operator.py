@@ -110,7 +110,17 @@ class OperatorCog(commands.Cog):
         fleet = await self.services.operator.fleet()
         state = text("operator.state_paused" if fleet.paused else "operator.state_running", locale)
         lines = [text("operator.fleet", locale, running=fleet.running, queued=fleet.queued, state=state)]
-        lines += [text("operator.fleet_process", locale, name=p.name, running=p.running_jobs) for p in fleet.processes]
+        unsharded = text("operator.fleet_unsharded", locale)
+        lines += [
+            text(
+                "operator.fleet_process",
+                locale,
+                name=p.name,
+                running=p.running_jobs,
+                shards=", ".join(map(str, p.shards)) or unsharded,
+            )
+            for p in fleet.processes
+        ]
         await self._answer(interaction, "\n".join(lines))
 
     # --- caps and access -----------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import collections
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -550,3 +551,24 @@ async def test_a_queued_job_with_its_reply_is_never_taken_for_unacknowledged(
     assert stored is not None and stored.operation_id
     gateway.complete(stored.operation_id)
     assert (await core.presenter.wait_end(waiting.id)).kind == "deliver"
+
+
+async def test_a_job_taken_over_by_another_process_is_left_to_it_neither_delivered_nor_settled_here(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    # This process was taken for dead (say, a long stall): another one took the job over.
+    later = time.time() + 3600
+    [taken] = await core.store.take_over_jobs("other", lease_seconds=60, alive_seconds=1, now=later)
+    assert taken.id == job.id and taken.owner == "other"
+    stored = await core.store.get_job(job.id)
+    assert stored is not None and stored.operation_id
+    gateway.complete(stored.operation_id)
+    await asyncio.wait_for(core.services.jobs.join(job.id), 10)  # its next poll saw the new owner
+    assert not core.presenter.of("deliver", job.id) and not core.presenter.of("failure", job.id)
+    left = await core.store.get_job(job.id)
+    assert left is not None and left.status == JobStatus.POLLING and left.owner == "other"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20}, "settled by its new owner, not here"

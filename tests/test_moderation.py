@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from bot.errors import BlockedPromptError, InvalidValueError
-from bot.moderation import blocklist as moderation
 from bot.moderation.blocklist import Blocklist, Moderator, compile_term, find_blocked
+from bot.moderation.blocklist import blocklist as moderation
 from bot.store.base import Store
 from bot.store.records import BlockedTerm
 

@@ -24,7 +24,10 @@ WIDE = RunLimits(per_member=100, per_guild=100, global_limit=100)
 
 
 def job(job_id: str, user_id: int = MEMBER, *, price: int = 7, guild_id: int = G) -> NewJob:
-    return make_job(id=job_id, guild_id=guild_id, user_id=user_id, count=1, price=price, mode="async")
+    # With its reply message: an acknowledged job, the only kind a claim takes.
+    return make_job(
+        id=job_id, guild_id=guild_id, user_id=user_id, count=1, price=price, mode="async", reply_message_id=1
+    )
 
 
 def ledgers(stores: tuple[Store, Store]) -> tuple[Ledger, Ledger]:
@@ -125,6 +128,45 @@ async def test_claim_is_round_robin_between_members(store: Store) -> None:
     claimed = await store.claim_jobs("p", WIDE, lease_seconds=30, now=NOW + 10, most=3)
     assert sorted(j.id for j in claimed) == ["a0", "b0", "c0"]  # everyone's first before anyone's second
     assert all(j.owner == "p" and j.lease_expires_at == NOW + 40 for j in claimed)
+
+
+async def test_claim_skips_unacknowledged_jobs_and_serves_the_member_served_longest_ago(store: Store) -> None:
+    unacknowledged = make_job(id="u0", user_id=9, count=1, price=7, mode="async")  # no reply message yet
+    await store.create_job_with_hold(unacknowledged, _unlimited(), now=NOW - 1)
+    await store.create_job_with_hold(job("a0", user_id=1), _unlimited(), now=NOW)
+    one = RunLimits(per_member=1, per_guild=1, global_limit=1)
+    [first] = await store.claim_jobs("p", one, lease_seconds=30, now=NOW + 1)
+    assert first.id == "a0" and first.started_at == NOW + 1
+    await store.finish_job("a0", JobStatus.CANCELLED, now=NOW + 2)
+    # a1 was asked before b0, but a was just served: b goes first in this round
+    await store.create_job_with_hold(job("a1", user_id=1), _unlimited(), now=NOW + 3)
+    await store.create_job_with_hold(job("b0", user_id=2), _unlimited(), now=NOW + 4)
+    [second] = await store.claim_jobs("p", one, lease_seconds=30, now=NOW + 5)
+    assert second.id == "b0"
+    await store.finish_job("b0", JobStatus.CANCELLED, now=NOW + 6)
+    [third] = await store.claim_jobs("p", one, lease_seconds=30, now=NOW + 7)
+    assert third.id == "a1"
+    await store.finish_job("a1", JobStatus.CANCELLED, now=NOW + 8)
+    assert await store.claim_jobs("p", one, lease_seconds=30, now=NOW + 9) == [], "never the unacknowledged"
+
+
+async def test_started_jobs_nobody_owns_are_taken_over_queued_ones_are_not(store: Store) -> None:
+    await store.create_job_with_hold(job("q"), _unlimited(), now=NOW)
+    await store.create_job_with_hold(job("s"), _unlimited(), now=NOW)
+    await store.update_job("s", status=JobStatus.POLLING, operation_id="op")  # a run before leases left it
+    taken = await store.take_over_jobs("me", lease_seconds=10, alive_seconds=15, now=NOW)
+    assert [(j.id, j.owner) for j in taken] == [("s", "me")]
+
+
+async def test_cancels_requested_lists_the_owners_flagged_jobs(shared_stores: tuple[Store, Store]) -> None:
+    first, second = shared_stores
+    for name in ("x", "y"):
+        await first.create_job_with_hold(job(name), _unlimited(), now=NOW)
+    await first.claim_jobs("a", WIDE, lease_seconds=30, now=NOW)
+    assert await first.cancels_requested("a") == set()
+    assert await second.request_cancel("y") is True
+    assert await first.cancels_requested("a") == {"y"}
+    assert await first.cancels_requested("b") == set()
 
 
 async def test_expired_lease_is_taken_over_once_live_owner_never(shared_stores: tuple[Store, Store]) -> None:

@@ -26,6 +26,12 @@ def _member_key(job: JobRecord) -> tuple[int, int]:
     return (job.guild_id, job.user_id)
 
 
+def _asked(job: JobRecord) -> tuple[int, float, str]:
+    """When the member asked: the interaction's snowflake (increasing, unique), then creation time. Not
+    the order concurrent handlers reached the hold, which a slow lookup in one of them can reorder."""
+    return (job.request_id or 0, job.created_at, job.id)
+
+
 def fair_order(queued: Iterable[JobRecord], last_started: Mapping[tuple[int, int], float]) -> list[JobRecord]:
     """The order in which queued jobs would start if slots freed one at a time.
 
@@ -34,12 +40,12 @@ def fair_order(queued: Iterable[JobRecord], last_started: Mapping[tuple[int, int
     burst cannot push others back.
     """
     by_member: dict[tuple[int, int], list[JobRecord]] = {}
-    for job in sorted(queued, key=lambda j: (j.created_at, j.id)):
+    for job in sorted(queued, key=_asked):
         by_member.setdefault(_member_key(job), []).append(job)
 
-    def key(item: tuple[int, JobRecord]) -> tuple[int, float, float, str]:
+    def key(item: tuple[int, JobRecord]) -> tuple[int, float, tuple[int, float, str]]:
         rank, job = item
-        return (rank, last_started.get(_member_key(job), float("-inf")), job.created_at, job.id)
+        return (rank, last_started.get(_member_key(job), float("-inf")), _asked(job))
 
     ranked = [(rank, job) for jobs in by_member.values() for rank, job in enumerate(jobs)]
     return [job for _, job in sorted(ranked, key=key)]

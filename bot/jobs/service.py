@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -33,13 +35,13 @@ from bot.generation.gateway import GatewayClient
 from bot.generation.images import ImageData
 from bot.generation.polling import PollPlanner
 from bot.jobs.progress import Progress, ProgressReporter, Stage
-from bot.jobs.scheduling import ConcurrencyLimits, pick_jobs_to_start, queue_positions
+from bot.jobs.scheduling import ConcurrencyLimits, queue_positions
 from bot.jobs.waiting import estimate_starts
 from bot.members.roles import DEFAULT_TTL, MemberRoles
 from bot.ops.hooks import JobHooks
 from bot.ops.logctx import job_context, set_job_context
 from bot.store.base import Store
-from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob
+from bot.store.records import RUNNING_STATUSES, JobRecord, JobStatus, NewJob, RunLimits
 from bot.throttle import RequestRateLimiter
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,33 @@ log = logging.getLogger(__name__)
 UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message before it is released
 STOP_STEP_TIMEOUT = 0.5  # seconds each shutdown step may take once the grace time is over
 ESTIMATE_STEP = 5.0  # estimated starts are shown rounded to this many seconds (no edit for a smaller drift)
+DISPATCH_GATHER_SECONDS = 0.02  # wake-ups within this long share one claim
+RELEASE_TIMEOUT = 2.0  # seconds a shutdown may spend giving its unfinished jobs back to the other processes
+
+
+def new_process_id() -> str:
+    """An id unique to this start of this process: host, pid and start time."""
+    return f"{socket.gethostname()}:{os.getpid()}:{time.time():.3f}"
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Who this process is among the processes sharing the store, and how it holds its jobs."""
+
+    process_id: str
+    shards: tuple[int, ...] = ()
+    version: str = ""
+    lease_seconds: float = 30.0  # a claimed job is ours until then; renewed every heartbeat
+    heartbeat_seconds: float = 5.0  # heartbeat, lease renewal, cancel flags and takeover, this often
+
+    @property
+    def alive_seconds(self) -> float:
+        """A process whose last heartbeat is older than this is taken for dead."""
+        return 3 * self.heartbeat_seconds
+
+
+class LeaseLostError(Exception):
+    """Another process took the job over (this one was taken for dead): stop acting on it, settle nothing."""
 
 
 class RecoveryIncompleteError(RuntimeError):
@@ -103,7 +132,9 @@ class JobService:
         hooks: JobHooks | None = None,
         member_roles_ttl: float = DEFAULT_TTL,
         progress_edits_per_second: float | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
+        self.ownership = ownership or Ownership(new_process_id())
         self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
         self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
         self._store = store
@@ -120,6 +151,9 @@ class JobService:
         self._last_started: dict[tuple[int, int], float] = {}
         self._wake = asyncio.Event()
         self._dispatcher: asyncio.Task[None] | None = None
+        self._background: list[asyncio.Task[None]] = []  # the lease keeper and the unacknowledged sweeper
+        self._positions_due = 0.0  # when the queued replies' positions may be recomputed next
+        self._positions_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
@@ -141,11 +175,16 @@ class JobService:
         if self._stopping or self._started.is_set():
             return
         self._presenter = presenter
+        await self._heartbeat()  # alive before anything: no other process takes what we are about to own
         await self._release_unacknowledged()
         failed = await self._recover()
         if failed:
             raise RecoveryIncompleteError(f"{failed} unfinished job(s) could not be recovered yet")
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+        self._background = [
+            asyncio.create_task(self._lease_loop(), name="job-leases"),
+            asyncio.create_task(self._unacknowledged_loop(), name="job-unacknowledged"),
+        ]
         self._wake.set()
         self._started.set()
 
@@ -161,9 +200,11 @@ class JobService:
         or the gateway cannot keep the process alive.
         """
         self._stopping = True
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            await asyncio.wait([self._dispatcher], timeout=STOP_STEP_TIMEOUT)
+        loops = [t for t in [self._dispatcher, self._positions_task, *self._background] if t is not None]
+        for loop in loops:
+            loop.cancel()
+        if loops:
+            await asyncio.wait(loops, timeout=STOP_STEP_TIMEOUT)
         running = list(self._tasks.values())
         if running:
             _, pending = await asyncio.wait(running, timeout=grace)
@@ -178,6 +219,28 @@ class JobService:
         if closing:
             await asyncio.wait(closing, timeout=STOP_STEP_TIMEOUT)
         self._reporters.clear()
+        if self._started.is_set():
+            await self._give_back()
+
+    async def _give_back(self) -> None:
+        """Release this process's unfinished jobs and its heartbeat, so another process takes them at once
+        (bounded: whatever is not given back in time is taken over when its lease expires)."""
+        me = self.ownership.process_id
+
+        async def give_back() -> None:
+            owned = await self._store.renew_leases(me, lease_seconds=self.ownership.lease_seconds, now=self._clock())
+            for job_id in owned:
+                await self._store.release_job(job_id, me)
+            await self._store.forget_process(me)
+            if owned:
+                log.info("gave back %d unfinished job(s) to the other processes", len(owned))
+
+        try:
+            await asyncio.wait_for(give_back(), timeout=RELEASE_TIMEOUT)
+        except TimeoutError:
+            log.warning("could not give back every unfinished job in time; their leases will expire")
+        except Exception:
+            log.warning("could not give back unfinished jobs; their leases will expire", exc_info=True)
 
     @property
     def accepting(self) -> bool:
@@ -280,7 +343,7 @@ class JobService:
                 # Cancelled before its first step, so its own handler never ran: settle it here.
                 await self._settle_failure(final, JobCancelledError(), status=JobStatus.CANCELLED)
         else:
-            await self._store.update_job(job_id, cancel_requested=True)
+            await self._store.request_cancel(job_id)  # its owner reads it at its next step or renewal
         self._wake.set()
         return await self._final(job_id)
 
@@ -290,8 +353,11 @@ class JobService:
         return final
 
     async def _check_not_cancelled(self, job_id: str, *expect: JobStatus) -> JobRecord:
-        """The job's row, re-read before its next step; `JobCancelledError` if a cancel got there first."""
+        """The job's row, re-read before its next step; `JobCancelledError` if a cancel got there first,
+        `LeaseLostError` if another process owns it now."""
         current = await self._store.get_job(job_id)
+        if current is not None and not current.is_terminal and current.owner not in (None, self.ownership.process_id):
+            raise LeaseLostError(job_id)
         if current is None or current.cancel_requested or (expect and current.status not in expect):
             raise JobCancelledError()
         return current
@@ -300,9 +366,10 @@ class JobService:
 
     async def _dispatch_loop(self) -> None:
         while not self._stopping:
-            # Also wake now and then with nothing to do, so that unacknowledged holds are released.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=UNACKNOWLEDGED_AFTER)
+            await self._wake.wait()
+            # A burst of requests (or of finished jobs) wakes us many times at once: gather them into one
+            # claim rather than one claim each.
+            await asyncio.sleep(DISPATCH_GATHER_SECONDS)
             self._wake.clear()
             try:
                 await self._dispatch()
@@ -311,50 +378,157 @@ class JobService:
                 await asyncio.sleep(1.0)
                 self._wake.set()
 
-    async def _release_unacknowledged(self, active: Sequence[JobRecord] | None = None) -> None:
+    async def _unacknowledged_loop(self) -> None:
+        """Release unacknowledged holds on a timer of their own, not on every dispatch."""
+        while not self._stopping:
+            await asyncio.sleep(max(0.01, UNACKNOWLEDGED_AFTER / 2))
+            try:
+                await self._release_unacknowledged()
+            except Exception:
+                log.exception("could not release unacknowledged holds; retrying later")
+
+    async def _release_unacknowledged(self) -> None:
         """Release holds whose job never got its reply message. Store and ledger only: it works while
         Discord is unreachable, so a failed start never keeps such credits."""
         # A queued job without its reply yet is still being acknowledged by the front end: not startable.
         # One that stays so (the acknowledgement failed and its caller was cancelled, or the process died
         # before answering the member) is released: nobody is waiting for it.
         now = self._clock()
-        for job in active if active is not None else await self._store.active_jobs():
-            unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id
+        for job in await self._store.active_jobs():
+            unacknowledged = job.status == JobStatus.QUEUED and not job.reply_message_id and not job.owner
             if unacknowledged and now - job.created_at > UNACKNOWLEDGED_AFTER:
                 log.warning("job id=%s was never acknowledged; releasing its hold", job.id)
                 released = await self._ledger.settle(
-                    job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key
+                    job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key, expect=JobStatus.QUEUED
                 )
                 if released is not None:
                     await self.hooks.finished(released, InterruptedJobError())
 
+    @property
+    def _run_limits(self) -> RunLimits:
+        return RunLimits(self._limits.per_member, self._limits.per_guild, self._limits.global_)
+
     async def _dispatch(self) -> None:
-        active = await self._store.active_jobs()
-        await self._release_unacknowledged(active)
-        queued = [j for j in active if j.status == JobStatus.QUEUED and j.id not in self._tasks and j.reply_message_id]
-        running = [j for j in active if j.status in RUNNING_STATUSES or j.id in self._tasks]
+        """One batched claim for this process's free slots (the store checks every limit across every
+        process, in fair order); the queued replies' positions are refreshed on their own, throttled."""
+        free = self._limits.global_ - len(self._tasks)
         # The kill switch: queued jobs wait (their members may cancel); running ones go on to the end.
-        startable = [] if queued and await self.hooks.paused() else queued
-        started: list[JobRecord] = []
-        for job in pick_jobs_to_start(startable, running, self._limits, self._last_started):
-            claimed = await self._store.update_job(
-                job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
+        if free > 0 and not await self.hooks.paused():
+            claimed = await self._store.claim_jobs(
+                self.ownership.process_id,
+                self._run_limits,
+                lease_seconds=self.ownership.lease_seconds,
+                now=self._clock(),
+                most=free,
             )
-            if claimed is None:
-                continue  # cancelled, or claimed by another process
-            queued.remove(job)
-            started.append(claimed)
-            self._last_started[(job.guild_id, job.user_id)] = self._clock()
-            self._spawn(claimed, self._run(claimed))
-        positions = queue_positions(queued, self._last_started)
+            for job in claimed:
+                self._last_started[(job.guild_id, job.user_id)] = job.started_at or self._clock()
+                self._positions.pop(job.id, None)
+                self._spawn(job, self._run(job, claimed=True))
+        self._schedule_positions()
+
+    def _schedule_positions(self) -> None:
+        """Recompute the queued replies' positions at most once per progress interval (one read of the
+        active jobs then, not one per wake-up)."""
+        if self._positions_task is not None and not self._positions_task.done():
+            return
+        delay = max(0.0, self._positions_due - self._clock())
+        self._positions_task = asyncio.create_task(self._refresh_positions(delay), name="job-positions")
+
+    async def _refresh_positions(self, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        self._positions_due = self._clock() + min(self._progress_interval, 1.0)
+        try:
+            await self._show_positions()
+        except Exception:
+            log.warning("could not refresh the queue's positions", exc_info=True)
+
+    async def _show_positions(self) -> None:
+        active = await self._store.active_jobs()
+        queued = [j for j in active if j.status == JobStatus.QUEUED and not j.owner and j.reply_message_id]
+        if not queued:
+            return
+        running = [j for j in active if j.status in RUNNING_STATUSES or j.owner]
+        # Who was served last, by any process: the store's claim orders a round the same way.
+        served = dict(self._last_started)
+        for job in running:
+            if job.started_at is not None:
+                key = (job.guild_id, job.user_id)
+                served[key] = max(served.get(key, job.started_at), job.started_at)
+        positions = queue_positions(queued, served)
         in_line = sorted(queued, key=lambda j: positions[j.id])
-        starts = await self._estimated_starts(in_line, running + started)
+        starts = await self._estimated_starts(in_line, running)
         for job in queued:
             estimate = starts.get(job.id)
             shown = (positions[job.id], None if estimate is None else round(estimate / ESTIMATE_STEP) * ESTIMATE_STEP)
             if self._positions.get(job.id) != shown:
                 self._positions[job.id] = shown
                 self._reporter(job).update("queued", position=shown[0], starts_at=shown[1])
+
+    # --- ownership: heartbeat, leases, cancel flags, takeover -----------------------------------------------
+
+    async def _heartbeat(self) -> None:
+        own = self.ownership
+        await self._store.heartbeat(own.process_id, own.shards, own.version, now=self._clock())
+
+    async def _lease_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.ownership.heartbeat_seconds)
+            try:
+                await self._keep_leases()
+            except Exception:
+                log.exception("heartbeat or lease renewal failed; retrying on the next beat")
+
+    async def _keep_leases(self) -> None:
+        """Say we are alive, renew our leases, act on cancel flags, and take over what dead processes left."""
+        own = self.ownership
+        await self._heartbeat()
+        owned = await self._store.renew_leases(own.process_id, lease_seconds=own.lease_seconds, now=self._clock())
+        for job_id, task in list(self._tasks.items()):
+            if job_id not in owned and not task.done():
+                current = await self._store.get_job(job_id)
+                if current is not None and not current.is_terminal and current.owner != own.process_id:
+                    log.warning("job id=%s was taken over by %s; stopping here", job_id, current.owner)
+                    task.cancel()  # not settled here: its new owner finishes it
+        for job_id in await self._store.cancels_requested(own.process_id):
+            self._interrupt_for_cancel(job_id)
+        await self._take_over()
+        self._wake.set()  # jobs queued by other processes (or slots they freed): claim at least once a beat
+
+    def _interrupt_for_cancel(self, job_id: str) -> None:
+        """A cancel set by another process: stop the job here and settle it once, as a member's cancel."""
+        task = self._tasks.get(job_id)
+        if task is None or task.done() or job_id in self._delivering or job_id in self._cancelled_by_member:
+            return
+        log.info("job id=%s: cancel requested elsewhere; stopping it", job_id)
+        self._cancelled_by_member.add(job_id)
+        task.cancel()
+
+    async def _take_over(self) -> int:
+        """Take the jobs of dead processes (and started jobs nobody owns) and resume them as recovery does.
+
+        Returns how many could not be resumed: each is logged and given back, so a later pass retries it."""
+        own = self.ownership
+        taken = await self._store.take_over_jobs(
+            own.process_id, lease_seconds=own.lease_seconds, alive_seconds=own.alive_seconds, now=self._clock()
+        )
+        failed = 0
+        for job in taken:
+            if job.id in self._tasks:
+                continue
+            if job.status == JobStatus.QUEUED:
+                await self._store.release_job(job.id, own.process_id)  # back in line: the claim starts it
+                self._wake.set()
+                continue
+            try:
+                await self._recover_one(job)
+            except Exception:
+                failed += 1
+                log.exception("could not recover job id=%s (status %s); will retry", job.id, job.status)
+                with contextlib.suppress(Exception):
+                    await self._store.release_job(job.id, own.process_id)
+        return failed
 
     async def _estimated_starts(self, queued: list[JobRecord], running: list[JobRecord]) -> dict[str, float]:
         """When each queued job should start, from the learned durations of what runs and waits."""
@@ -395,14 +569,24 @@ class JobService:
 
     # --- one job -----------------------------------------------------------------------------------------
 
-    async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
+    async def _run(self, job: JobRecord, *, resume: bool = False, claimed: bool = False) -> None:
         """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
         set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
+            if claimed:
+                started = await self._store.update_job(
+                    job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
+                )
+                if started is None:
+                    return  # cancelled (and settled) between the claim and now
+                job = started
             images = await self._obtain_images(job, reporter, resume=resume)
             await reporter.close()
             await self._deliver(job, images)
+        except LeaseLostError:
+            await reporter.close()
+            log.warning("job id=%s is owned by another process now; leaving it to that one", job.id)
         except asyncio.CancelledError:
             await reporter.close()
             if job.id in self._cancelled_by_member:
@@ -490,6 +674,7 @@ class JobService:
             job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
         )
         if delivering is None:
+            await self._check_not_cancelled(job.id)  # taken over meanwhile: LeaseLostError, nothing settled
             raise JobCancelledError()
         charged = len(images) * job.price
         roles = await self._roles.roles_for(job.id, job.guild_id, job.user_id, presenter.member_roles)
@@ -552,16 +737,9 @@ class JobService:
         """Finish what a previous run left: resume polls, settle delivered jobs, refund interrupted ones.
 
         Returns how many jobs could not be recovered (each is logged and left as stored)."""
-        failed = 0
-        for job in await self._store.active_jobs():
-            if job.status == JobStatus.QUEUED or job.id in self._tasks:
-                continue  # the dispatcher starts (or releases) queued jobs
-            try:
-                await self._recover_one(job)
-            except Exception:
-                failed += 1
-                log.exception("could not recover job id=%s (status %s); will retry", job.id, job.status)
-        return failed
+        # Only jobs no live process owns: those of dead processes (lease expired), given back, or left
+        # by a run before leases. A live process's jobs are its own.
+        return await self._take_over()
 
     async def _recover_one(self, job: JobRecord) -> None:
         presenter = self._require_presenter()

@@ -50,6 +50,7 @@ class ProcessInfo:
 
     name: str
     running_jobs: int
+    shards: tuple[int, ...] = ()  # empty: unsharded
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ class OperatorService:
         self._clock = clock
         self.running_here: Callable[[], int] = lambda: 0  # set by the job service's owner
         self.process_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.alive_seconds = 15.0  # a heartbeat older than this is a dead process (set from the settings)
 
     async def paused(self) -> bool:
         return await self._store.get_meta(PAUSED_KEY) == "1"
@@ -131,8 +133,12 @@ class OperatorService:
     async def fleet(self) -> FleetView:
         counts = await self._store.job_counts()
         running = sum(n for status, n in counts.items() if status is not JobStatus.QUEUED)
-        # This process only for now: a store heartbeat table will list every process.
-        processes = [ProcessInfo(self.process_name, self.running_here())]
+        # Every process sharing the store, from the heartbeats, with the jobs each owns.
+        alive = await self._store.alive_processes(alive_seconds=self.alive_seconds, now=self._clock())
+        owned = await self._store.jobs_per_owner()
+        processes = [ProcessInfo(p.process_id, owned.get(p.process_id, 0), p.shards) for p in alive]
+        if not processes:  # not started yet (no heartbeat): at least this process
+            processes = [ProcessInfo(self.process_name, self.running_here())]
         return FleetView(processes, running, counts.get(JobStatus.QUEUED, 0), await self.paused())
 
 

@@ -189,11 +189,14 @@ class Store(ABC):
     async def claim_jobs(
         self, owner: str, limits: RunLimits, *, lease_seconds: float, now: float, most: int = 100
     ) -> list[JobRecord]:
-        """Claim up to `most` QUEUED unowned jobs for `owner`, leased until now + lease_seconds.
+        """Claim up to `most` QUEUED unowned acknowledged jobs for `owner`, leased until now + lease_seconds
+        (their `started_at` is set to `now`).
 
         One atomic step across every process: jobs already owned (not terminal) count against
         limits.per_member, per_guild and global_limit, and the claim never exceeds them. Members take
-        turns: every member's oldest queued job comes before anyone's second. Returns the claimed jobs,
+        turns: every member's oldest queued job comes before anyone's second, and within a round the
+        member whose last job started longest ago goes first. A job without its reply message yet is
+        not claimable. Returns the claimed jobs,
         oldest first.
         """
 
@@ -207,7 +210,8 @@ class Store(ABC):
         self, owner: str, *, lease_seconds: float, alive_seconds: float, now: float
     ) -> list[JobRecord]:
         """Take ownership of active jobs whose lease expired and whose owner has sent no heartbeat for
-        `alive_seconds`. A job whose owner is alive is never taken. Each job goes to one taker only."""
+        `alive_seconds`, and started jobs nobody owns (given back on shutdown, or from a run before
+        leases). A job whose owner is alive is never taken. Each job goes to one taker only."""
 
     @abstractmethod
     async def release_job(self, job_id: str, owner: str) -> bool:
@@ -220,6 +224,10 @@ class Store(ABC):
     @abstractmethod
     async def cancel_requested(self, job_id: str) -> bool:
         """Whether a cancel was requested for the job: the owner reads this at each step."""
+
+    @abstractmethod
+    async def cancels_requested(self, owner: str) -> set[str]:
+        """The active jobs `owner` holds whose cancel was requested (read at each lease renewal)."""
 
     @abstractmethod
     async def heartbeat(self, process_id: str, shards: Sequence[int], version: str, *, now: float) -> None:
@@ -359,6 +367,10 @@ class Store(ABC):
     async def job_counts(self) -> dict[JobStatus, int]:
         """How many jobs are in each non-terminal status, across every process (the operator's fleet view)."""
     # --- member preferences, server styles and channel rules (issue 13) ----------------------------------
+
+    @abstractmethod
+    async def jobs_per_owner(self) -> dict[str, int]:
+        """How many unfinished jobs each process owns (claimed, running or being resumed)."""
 
     @abstractmethod
     async def member_defaults(self, guild_id: int, user_id: int) -> dict[str, Any]:

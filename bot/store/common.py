@@ -637,6 +637,10 @@ class SqlStore(Store):
         rows = await self._read(sql.JOB_COUNTS, {})
         return {JobStatus(row[0]): int(row[1]) for row in rows}
 
+    async def jobs_per_owner(self) -> dict[str, int]:
+        rows = await self._read(sql.JOBS_PER_OWNER, {})
+        return {row[0]: int(row[1]) for row in rows}
+
     async def active_jobs(self) -> list[JobRecord]:
         rows = await self._read(sql.ACTIVE_JOBS, {})
         return [job_from_row(row) for row in rows]
@@ -657,6 +661,7 @@ class SqlStore(Store):
             "per_guild": limits.per_guild,
             "global_limit": limits.global_limit,
             "most": most,
+            "now": now,
         }
 
         async def body(tx: Tx) -> list[Any]:
@@ -687,6 +692,10 @@ class SqlStore(Store):
     async def cancel_requested(self, job_id: str) -> bool:
         rows = await self._read(sql.CANCEL_REQUESTED, {"id": job_id})
         return bool(rows and rows[0][0])
+
+    async def cancels_requested(self, owner: str) -> set[str]:
+        rows = await self._read(sql.CANCELS_REQUESTED, {"owner": owner})
+        return {row[0] for row in rows}
 
     async def heartbeat(self, process_id: str, shards: Sequence[int], version: str, *, now: float) -> None:
         shard_text = ",".join(str(int(s)) for s in shards)

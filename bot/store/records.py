@@ -76,6 +76,7 @@ class NewJob:
     style: str | None = None  # the server style (by name) whose template wrapped the member's prompt
     remix_of: str | None = None  # the job this one was remixed from
     spoiler: bool = False  # post the images as spoilers
+    request_id: int | None = None  # the asking interaction's snowflake: the queue's order (None: by creation)
 
     @property
     def hold_amount(self) -> int:
@@ -122,6 +123,7 @@ class JobRecord:
     style: str | None = None
     remix_of: str | None = None
     spoiler: bool = False
+    request_id: int | None = None  # the asking interaction's snowflake: the queue's order
 
     @property
     def is_terminal(self) -> bool:

@@ -178,6 +178,7 @@ REMOVE_BLOCKED_TERM = (
 )
 
 JOB_COUNTS = f"SELECT status, count(*) FROM jobs WHERE status IN {ACTIVE_SQL} GROUP BY status"
+JOBS_PER_OWNER = f"SELECT owner, count(*) FROM jobs WHERE owner IS NOT NULL AND status IN {ACTIVE_SQL} GROUP BY owner"
 SPEND_BY_GUILD_AND_MODEL = (
     "SELECT guild_id, coalesce(model, '') AS model, CAST(sum(amount) AS BIGINT) AS captured FROM ledger"
     " WHERE kind = 'capture' AND created_at >= :start GROUP BY 1, 2 ORDER BY captured DESC, guild_id, model"
@@ -222,27 +223,47 @@ DISALLOW_CHANNEL = "DELETE FROM channel_rules WHERE guild_id = :guild_id AND cha
 CLAIM_JOBS = f"""
 WITH running AS (
     SELECT guild_id, user_id FROM jobs WHERE owner IS NOT NULL AND status IN {ACTIVE_SQL}
+), member_running AS (
+    -- counted once, grouped, not once per queued row: a claim's cost stays linear in the jobs
+    SELECT guild_id, user_id, count(*) AS n FROM running GROUP BY guild_id, user_id
+), guild_running AS (
+    SELECT guild_id, count(*) AS n FROM running GROUP BY guild_id
+), total_running AS (
+    SELECT count(*) AS n FROM running
 ), queued AS (
-    SELECT id, guild_id, user_id, created_at, rowid AS seq,
-           ROW_NUMBER() OVER (PARTITION BY guild_id, user_id ORDER BY created_at, rowid) AS turn
-    FROM jobs WHERE status = 'queued' AND owner IS NULL
+    -- asked: the order members asked in (the interaction's snowflake); jobs without one, by creation
+    SELECT id, guild_id, user_id, COALESCE(request_id, 0) AS asked, created_at, rowid AS seq,
+           ROW_NUMBER() OVER (
+               PARTITION BY guild_id, user_id ORDER BY COALESCE(request_id, 0), created_at, rowid
+           ) AS turn
+    FROM jobs WHERE status = 'queued' AND owner IS NULL AND reply_message_id IS NOT NULL
+), served AS (
+    -- When each waiting member last had a job started (claimed), by any process: within a round, the
+    -- member served longest ago goes first, so a finished job's member goes to the back of the line.
+    SELECT w.guild_id, w.user_id,
+           COALESCE((SELECT max(j.started_at) FROM jobs AS j
+                     WHERE j.guild_id = w.guild_id AND j.user_id = w.user_id), -1) AS last_start
+    FROM (SELECT DISTINCT guild_id, user_id FROM queued) AS w
 ), member_ok AS (
-    SELECT q.* FROM queued AS q
-    WHERE q.turn + (SELECT count(*) FROM running AS r WHERE r.guild_id = q.guild_id AND r.user_id = q.user_id)
-          <= :per_member
+    SELECT q.*, s.last_start FROM queued AS q
+    JOIN served AS s ON s.guild_id = q.guild_id AND s.user_id = q.user_id
+    LEFT JOIN member_running AS mr ON mr.guild_id = q.guild_id AND mr.user_id = q.user_id
+    WHERE q.turn + COALESCE(mr.n, 0) <= :per_member
 ), guild_ranked AS (
-    SELECT m.*, ROW_NUMBER() OVER (PARTITION BY guild_id ORDER BY turn, created_at, seq) AS guild_turn
+    SELECT m.*,
+           ROW_NUMBER() OVER (PARTITION BY guild_id ORDER BY turn, last_start, asked, created_at, seq) AS guild_turn
     FROM member_ok AS m
 ), guild_ok AS (
     SELECT g.* FROM guild_ranked AS g
-    WHERE g.guild_turn + (SELECT count(*) FROM running AS r WHERE r.guild_id = g.guild_id) <= :per_guild
+    LEFT JOIN guild_running AS gr ON gr.guild_id = g.guild_id
+    WHERE g.guild_turn + COALESCE(gr.n, 0) <= :per_guild
 ), ranked AS (
-    SELECT id, ROW_NUMBER() OVER (ORDER BY turn, created_at, seq) AS place FROM guild_ok
+    SELECT id, ROW_NUMBER() OVER (ORDER BY turn, last_start, asked, created_at, seq) AS place FROM guild_ok
 )
-UPDATE jobs SET owner = :owner, lease_expires_at = :lease_until
+UPDATE jobs SET owner = :owner, lease_expires_at = :lease_until, started_at = :now
 WHERE status = 'queued' AND owner IS NULL AND id IN (
-    SELECT id FROM ranked
-    WHERE place <= :most AND place + (SELECT count(*) FROM running) <= :global_limit
+    SELECT r.id FROM ranked AS r, total_running AS t
+    WHERE r.place <= :most AND r.place + t.n <= :global_limit
 )
 RETURNING *
 """
@@ -255,8 +276,12 @@ RETURNING id
 # the owner is gone. The WHERE is re-checked on the locked row, so two takers never both win a job.
 TAKE_OVER_JOBS = f"""
 UPDATE jobs SET owner = :owner, lease_expires_at = :lease_until
-WHERE status IN {ACTIVE_SQL} AND owner IS NOT NULL AND owner <> :owner AND lease_expires_at < :now
-  AND owner NOT IN (SELECT process_id FROM processes WHERE last_seen >= :alive_since)
+WHERE status IN {ACTIVE_SQL} AND (
+    -- started, then given back (a clean shutdown) or left by a run before leases: nobody works on it
+    (owner IS NULL AND status <> 'queued')
+    OR (owner <> :owner AND lease_expires_at < :now
+        AND owner NOT IN (SELECT process_id FROM processes WHERE last_seen >= :alive_since))
+)
 RETURNING *
 """
 RELEASE_JOB = f"""
@@ -266,6 +291,7 @@ RETURNING id
 """
 REQUEST_CANCEL = f"UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND status IN {ACTIVE_SQL} RETURNING id"
 CANCEL_REQUESTED = "SELECT cancel_requested FROM jobs WHERE id = :id"
+CANCELS_REQUESTED = f"SELECT id FROM jobs WHERE owner = :owner AND cancel_requested = 1 AND status IN {ACTIVE_SQL}"
 HEARTBEAT = """
 INSERT INTO processes (process_id, shards, version, started_at, last_seen)
 VALUES (:process_id, :shards, :version, :now, :now)

@@ -7,6 +7,7 @@ raise past, alerts to the operator's channel and to a server's log channel, and 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import aiohttp
@@ -75,6 +76,21 @@ async def test_team_members_with_an_admin_or_developer_role_are_operators(world:
     await world.start()
     assert (await says(world, "operator fleet", user=dev)).startswith("Jobs running: 0")
     assert await says(world, "operator fleet", user=reader) == NOT_OPERATOR
+
+
+async def test_fleet_lists_the_processes_alive_from_their_heartbeats_with_their_shards(world: World) -> None:
+    await start_with_operator(world)
+    assert world.bot is not None
+    me = world.bot.services.jobs.ownership.process_id
+    # Another process on the same store, running shards 1 and 3, one heartbeat ago; and a dead one.
+    now = time.time()
+    await world.store.heartbeat("other-host:42:1.0", [1, 3], "9.9", now=now)
+    await world.store.heartbeat("dead-host:7:1.0", [2], "9.9", now=now - 3600)
+    lines = (await says(world, "operator fleet", user=operator_of(world))).splitlines()
+    assert lines[0].startswith("Jobs running: 0 · queued: 0")
+    assert f"Process `{me}`: alive, shards none (unsharded), 0 job(s)" in lines
+    assert "Process `other-host:42:1.0`: alive, shards 1, 3, 0 job(s)" in lines
+    assert not any("dead-host" in line for line in lines), "a stale heartbeat is not alive"
 
 
 # --- the kill switch, access and caps ---------------------------------------------------------------------

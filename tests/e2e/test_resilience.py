@@ -9,9 +9,12 @@ import json
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
+import pytest
 from PIL import Image
 
+from bot.credits.ledger import Ledger
 from bot.generation.catalog import Catalog
 from bot.store.records import EntryKind, JobStatus
 from tests.e2e.harness import WAIT, World, button, status_line
@@ -120,6 +123,38 @@ async def test_three_members_five_jobs_each_take_turns(world: World) -> None:
         if status_line(e).startswith("Queued")
     ]
     assert positions == sorted(positions, reverse=True) and positions[-1] < positions[0], "it moved up"
+
+
+async def test_jobs_wait_in_the_order_members_asked_even_when_a_handler_reaches_the_hold_late(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The interleaving behind the flaky round-robin test: a slow step in one /imagine handler (a REST
+    # lookup, a cache fill) lets requests sent after it reach the hold, and the queue, first.
+    await world.start(max_jobs_global=1)
+    world.gw.configure(SYNC_MODEL, sync_delay=0.05)
+    release = asyncio.Event()
+    world.gw.enqueue(Reply.held(release), method="POST")  # the first job holds the only slot
+    blocker = await world.imagine("blocker", user=world.fd.bob, model=SYNC_MODEL)
+    await world.gw.wait_for_request(lambda r: r.kind == "POST", timeout=WAIT)
+    original, late, holds = Ledger.hold_for_job, asyncio.Event(), []
+
+    async def hold_for_job(self: Ledger, job: Any, roles: Any) -> Any:
+        if job.prompt == "first" and not late.is_set():
+            await late.wait()  # "first" reaches the hold only after "second" and "third" are queued
+        holds.append(job.prompt)
+        return await original(self, job, roles)
+
+    monkeypatch.setattr(Ledger, "hold_for_job", hold_for_job)
+    asked = [await world.imagine(prompt, model=SYNC_MODEL) for prompt in ("first", "second", "third")]
+    for fi in asked[1:]:
+        await fi.wait_for_edit(lambda e: status_line(e).startswith("Queued: position"), WAIT)
+    late.set()
+    await asked[0].wait_for_edit(lambda e: status_line(e).startswith("Queued: position"), WAIT)
+    assert holds == ["second", "third", "first"], "the handlers reached the hold out of order"
+    release.set()
+    for fi in [blocker, *asked]:
+        await world.finished(fi)
+    assert [post.json["prompt"] for post in world.gw.posts] == ["blocker", "first", "second", "third"]
 
 
 async def test_cancel_a_queued_job_and_a_running_job_refunds_both(world: World) -> None:
