@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+import bot.moderation.blocklist as moderation
 from bot.errors import BlockedPromptError, InvalidValueError
 from bot.moderation.blocklist import Blocklist, Moderator, compile_term, find_blocked
-from bot.moderation.blocklist import blocklist as moderation
 from bot.store.base import Store
 from bot.store.records import BlockedTerm
 
