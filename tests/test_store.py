@@ -247,6 +247,40 @@ async def test_update_job_race_has_one_winner(store: Store) -> None:
     assert sum(r is not None for r in results) == 1
 
 
+async def test_a_burst_of_status_writes_shares_its_commits(file_store: SqliteStore) -> None:
+    """SQLite: single-statement writes arriving together ride the group commit (a batched claim then
+    waits behind a few transactions, not behind every job's own write); each is still its own
+    compare-and-set, and a bad one fails only its own caller."""
+    ids = [f"j{i}" for i in range(50)]
+    await asyncio.gather(*(file_store.create_job_with_hold(new_job(job_id), UNLIMITED, now=NOW) for job_id in ids))
+    trace: list[str] = []
+    await file_store._conn.set_trace_callback(trace.append)
+    moved = await asyncio.gather(
+        *(file_store.update_job(job_id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING) for job_id in ids),
+        file_store.update_job("j0", expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING),  # loses its race
+    )
+    await file_store._conn.set_trace_callback(None)
+    assert [job.status if job else None for job in moved] == [JobStatus.SUBMITTING] * 50 + [None]
+    transactions, inside = 0, False
+    for statement in (line.strip().upper() for line in trace):
+        if statement.startswith("BEGIN"):
+            transactions, inside = transactions + 1, True
+        elif statement.startswith(("COMMIT", "ROLLBACK")):
+            inside = False
+        elif statement.startswith("UPDATE") and not inside:
+            transactions += 1  # autocommit: a transaction of its own
+    assert 1 <= transactions <= 3
+    good, bad = await asyncio.gather(
+        file_store.update_job("j1", expect=[JobStatus.SUBMITTING], status=JobStatus.POLLING, operation_id="op1"),
+        file_store._single("UPDATE no_such_table SET x = 1", {}),
+        return_exceptions=True,
+    )
+    assert isinstance(good, JobRecord) and good.status == JobStatus.POLLING
+    assert isinstance(bad, sqlite3.OperationalError)
+    stored = await file_store.get_job("j1")
+    assert stored is not None and stored.operation_id == "op1"
+
+
 async def test_active_and_recent_jobs(store: Store) -> None:
     for i in range(3):
         await store.create_job_with_hold(new_job(f"j{i}"), UNLIMITED, now=NOW + i)

@@ -21,8 +21,12 @@ capture). So holds and settlements that arrive while a transaction is running ar
 transaction applies the whole queue with `executemany` of the same guarded statements: SQLite evaluates
 each row's guard after the rows before it, so the outcome is the one the operations would have had one
 after the other, in that order. If a batch fails, it is rolled back and each operation is retried alone,
-so one bad operation (say a duplicate job id) fails only its own caller. An operation, once submitted,
-runs to the end even if its caller is cancelled.
+so one bad operation (say a duplicate job id) fails only its own caller. Single-statement writes
+(`_single`: a job's status steps, attached replies, lease renewals, cancel flags) ride the same queue,
+each statement run as it would alone, in arrival order: one lock hand-off and one COMMIT for a whole
+burst of them instead of one each, so a batched claim no longer waits behind a thousand of them (the
+operations of one batch were all in flight together, so any order among them is one their callers could
+have seen). An operation, once submitted, runs to the end even if its caller is cancelled.
 
 A file database gets a second, read-only connection for plain reads (balances, listings, policy): it reads
 committed data only, never the half of a transaction in progress on the write connection, and it runs in
@@ -106,11 +110,12 @@ class _BeginError(Exception):
 
 @dataclass(eq=False)
 class _Op:
-    """A hold or a settlement waiting for the next group commit."""
+    """A hold, a settlement or a single-statement write waiting for the next group commit."""
 
-    kind: Literal["hold", "finish"]
+    kind: Literal["hold", "finish", "single"]
     values: dict[str, Any]
     request: HoldRequest | None = None
+    statement: str = ""  # kind "single": the statement, run with `values`
     future: asyncio.Future[Any] = field(init=False)
 
 
@@ -245,9 +250,9 @@ class SqliteStore(SqlStore):
                 raise
 
     async def _single(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
-        """One write statement in autocommit: atomic on its own, one hop. Runs to the end once queued."""
-        async with self._lock:
-            return list(await self._conn.execute_fetchall(statement, params))
+        """One write statement, atomic on its own, applied with the next group commit; its rows."""
+        rows: list[Any] = await self._submit(_Op(kind="single", values=dict(params), statement=statement))
+        return rows
 
     @staticmethod
     async def _pipeline(*calls: Awaitable[Any]) -> list[Any]:
@@ -334,7 +339,8 @@ class SqliteStore(SqlStore):
     async def _apply_in_transaction(self, db: aiosqlite.Connection, batch: list[_Op]) -> list[Any]:
         finishes = [op for op in batch if op.kind == "finish"]
         holds = [op for op in batch if op.kind == "hold"]
-        calls: list[Awaitable[Any]] = []
+        singles = [op for op in batch if op.kind == "single"]
+        calls: list[Awaitable[Any]] = [db.execute_fetchall(op.statement, op.values) for op in singles]
         # Settlements first: they can only free credits for the holds after them.
         finish_ids = list(dict.fromkeys(op.values["id"] for op in finishes))
         if finishes:
@@ -359,10 +365,10 @@ class SqliteStore(SqlStore):
             calls.append(db.execute_fetchall(f"SELECT job_id FROM holds WHERE job_id IN ({marks})", hold_ids))
         results = await self._pipeline(*calls)
 
-        outcome: dict[int, Any] = {}
+        outcome: dict[int, Any] = {id(op): list(rows) for op, rows in zip(singles, results, strict=False)}
         if finishes:
-            was_active = {row[0]: row[1] for row in results[0]}
-            finished = {row["id"]: row for row in results[2]}
+            was_active = {row[0]: row[1] for row in results[len(singles)]}
+            finished = {row["id"]: row for row in results[len(singles) + 2]}
             for op in finishes:
                 job_id = op.values["id"]
                 expected = op.values["expect"]
