@@ -213,6 +213,9 @@ async def test_async_job_is_polled_then_downloaded(start_core: Callable[..., Any
     assert "generating" in stages
     assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
     assert await core.store.recent_durations("xai/grok-imagine-image", 5), "duration learned for the schedule"
+    stored = await core.store.get_job(job.id)
+    assert stored is not None and stored.submitted_at is not None and stored.completed_at is not None
+    assert stored.started_at <= stored.submitted_at <= stored.completed_at  # stamped with the DELIVERING step
 
 
 async def test_fewer_images_than_asked_charges_only_those(start_core: Callable[..., Any], gateway: FakeGateway) -> None:

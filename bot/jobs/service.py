@@ -581,9 +581,9 @@ class JobService:
                 if started is None:
                     return  # cancelled (and settled) between the claim and now
                 job = started
-            images = await self._obtain_images(job, reporter, resume=resume)
+            images, completed_at = await self._obtain_images(job, reporter, resume=resume)
             await reporter.close()
-            await self._deliver(job, images)
+            await self._deliver(job, images, completed_at)
         except LeaseLostError:
             await reporter.close()
             log.warning("job id=%s is owned by another process now; leaving it to that one", job.id)
@@ -612,7 +612,10 @@ class JobService:
             self._polls.pop(job.id, None)
             self._roles.forget(job.id)
 
-    async def _obtain_images(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> list[ImageData]:
+    async def _obtain_images(
+        self, job: JobRecord, reporter: ProgressReporter, *, resume: bool
+    ) -> tuple[list[ImageData], float | None]:
+        """The job's images, and when the gateway said an async job's were ready (None for sync)."""
         if not (resume and job.operation_id):
             # A cancel may have landed between the claim and now: never reach the gateway for it.
             await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
@@ -627,7 +630,7 @@ class JobService:
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
                 await self._planner.record(job.model, self._clock() - began)  # what the next estimate learns from
-                return submission.images
+                return submission.images, None
             assert submission.operation_id is not None
             now = self._clock()
             updated = await self._store.update_job(
@@ -659,19 +662,20 @@ class JobService:
         lag = max(0.0, self._clock() - submitted_at - duration) if result.finished_after is not None else None
         self._polls[job.id] = (self._polls.get(job.id, (0, None))[0], lag)
         await self._planner.record(job.model, max(0.0, duration))
-        await self._store.update_job(job.id, completed_at=self._clock())
+        completed_at = self._clock()  # stored with the DELIVERING step: one write per job fewer
         if result.images:
-            return result.images
+            return result.images, completed_at
         reporter.update("downloading", count=len(result.urls))
-        return await self._gateway.download_all(result.urls)
+        return await self._gateway.download_all(result.urls), completed_at
 
-    async def _deliver(self, job: JobRecord, images: list[ImageData]) -> None:
+    async def _deliver(self, job: JobRecord, images: list[ImageData], completed_at: float | None = None) -> None:
         presenter = self._require_presenter()
         images = images[: job.count]  # never charge for more than was asked
         await self._check_not_cancelled(job.id)
         self._delivering.add(job.id)
+        stamp = {} if completed_at is None else {"completed_at": completed_at}
         delivering = await self._store.update_job(
-            job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING
+            job.id, expect=[JobStatus.SUBMITTING, JobStatus.POLLING], status=JobStatus.DELIVERING, **stamp
         )
         if delivering is None:
             await self._check_not_cancelled(job.id)  # taken over meanwhile: LeaseLostError, nothing settled
