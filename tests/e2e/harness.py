@@ -117,9 +117,8 @@ class World:
             env[name.upper()] = str(secret() if secret else value)
         env.update(FAKE_DISCORD_API=self.fd.api_base, FAKE_DISCORD_GATEWAY=self.fd.gateway_url)
         env["PYTHONPATH"] = str(ROOT)
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _CHILD, env=env, cwd=self.tmp, stderr=asyncio.subprocess.DEVNULL
-        )
+        # Its stdout and stderr are the test's, so a start-up failure (one line on stderr) shows in the report.
+        return await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, env=env, cwd=self.tmp)
 
     @property
     def store(self) -> Store:
