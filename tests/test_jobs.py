@@ -450,6 +450,7 @@ async def test_an_idle_bot_still_releases_a_hold_whose_acknowledgement_failed(
     orphan = await core.services.jobs.submit(make_job(guild_id=GUILD, price=39), [])
     await settled(orphan.id)
     assert await entries(core.store, orphan.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+    assert not core.services.jobs._roles.known(orphan.id), "a released job's roles are not kept"
 
 
 async def test_a_cancel_racing_the_dispatchers_claim_never_reaches_the_gateway(

@@ -402,6 +402,7 @@ class JobService:
                     job.id, JobStatus.FAILED, error_key=InterruptedJobError.message_key, expect=JobStatus.QUEUED
                 )
                 if released is not None:
+                    self._roles.forget(job.id)
                     await self.hooks.finished(released, InterruptedJobError())
 
     @property
