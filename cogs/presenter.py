@@ -11,7 +11,6 @@ fetched over REST when the guild is on another process's shard.
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 
 from bot.errors import BotError, DeliveryError
-from bot.generation.images import ImageData, fit_for_upload_async
+from bot.generation.images import ImageData, SharedBytesIO, fit_for_upload_async, memory_budget
 from bot.i18n import server_language
 from bot.jobs.progress import Progress
 from bot.jobs.service import Delivery
@@ -284,15 +283,18 @@ class DiscordJobPresenter:
                     locale=locale,
                     origin_url=await self._origin_url(job),
                 )
-                await edit_reply(
-                    content=None,
-                    embeds=embeds,
-                    attachments=files,
-                    view=result_view(job, locale),
-                    allowed_mentions=NO_MENTIONS,
-                )
+                # One stream slot of the memory budget per upload in flight (its chunks and write buffer).
+                async with memory_budget().stream(upload=True):
+                    await edit_reply(
+                        content=None,
+                        embeds=embeds,
+                        attachments=files,
+                        view=result_view(job, locale),
+                        allowed_mentions=NO_MENTIONS,
+                    )
             else:
-                await send_more(files)
+                async with memory_budget().stream(upload=True):
+                    await send_more(files)
             posted += len(files)
             if delivery.record_posted is not None:
                 await delivery.record_posted(posted)
@@ -330,7 +332,7 @@ def _upload_file(source: ImageData | bytes, filename: str) -> discord.File:
     """A `discord.File` over the bytes in memory, or over the spooled image's file (discord.py opens it,
     streams it in chunks, and closes it after the request)."""
     if isinstance(source, bytes):
-        return discord.File(io.BytesIO(source), filename=filename)
+        return discord.File(SharedBytesIO(source), filename=filename)
     if source.path is not None:
         return discord.File(source.path, filename=filename)
-    return discord.File(io.BytesIO(source.data), filename=filename)
+    return discord.File(SharedBytesIO(source.data), filename=filename)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import tempfile
@@ -35,6 +36,7 @@ from bot.generation.gateway import GatewayClient
 from bot.generation.images import ImageData, memory_budget, set_memory_budget
 from bot.generation.polling import PollSchedule
 from bot.throttle import ImageMemoryBudget
+from bot.throttle.memory import STREAM_BYTES, STREAM_SHARE
 from tests.fakes import FakeGateway, Reply, make_png
 
 SYNC = "gemini-2.5-flash-image"
@@ -540,10 +542,12 @@ async def test_download_all_is_concurrent(client: GatewayClient, gw: FakeGateway
 
 @pytest.fixture
 def small_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ImageMemoryBudget]:
-    """A 64 KiB image budget, and temporary files in `tmp_path` (so a test sees exactly its own)."""
+    """A budget of one stream slot and 64 KiB for images, and temporary files in `tmp_path` (so a test sees
+    exactly its own)."""
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     before = memory_budget()
-    budget = set_memory_budget(64 * 1024)
+    budget = set_memory_budget(STREAM_BYTES + 64 * 1024)
+    assert budget.image_limit == 64 * 1024
     try:
         yield budget
     finally:
@@ -582,7 +586,7 @@ async def test_a_download_beyond_the_budget_streams_into_its_spool_file(
     await _until(
         lambda: any(p.stat().st_size >= 256 * 1024 for p in _spool_files(tmp_path)), "the first part is spooled"
     )
-    assert small_budget.held == 0 and small_budget.peak <= small_budget.limit_bytes  # type: ignore[operator]
+    assert small_budget.held == 0 and small_budget.peak <= small_budget.image_limit  # type: ignore[operator]
     gate.set()
     await _check_spooled(task, png)
 
@@ -620,3 +624,41 @@ async def test_a_cancelled_download_gives_back_its_file_and_its_budget(
         await task
     assert small_budget.held == 0
     await _until(lambda: _spool_files(tmp_path) == [], "the spool file is removed")
+
+
+async def test_concurrent_downloads_stay_within_the_budget_and_beyond_it_are_spooled(
+    client: GatewayClient, gw: FakeGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twenty downloads at once under a budget of two stream slots and 6 MiB for images (the images make
+    9.6 MB): two are in flight at a time, the others wait for a slot without a connection or a buffer;
+    images and slots never exceed the budget; those beyond it are spooled, and every one is delivered whole
+    and charged exactly its size while it lives."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    before = memory_budget()
+    budget = set_memory_budget(2 * STREAM_SHARE * STREAM_BYTES)
+    try:
+        assert budget.stream_slots == 2
+        pngs = {f"r{i}.png": make_png(400, 400, noise=True) + bytes([i]) for i in range(20)}  # ~480 KB each
+        gate = asyncio.Event()
+        for name, png in pngs.items():
+            gw.files[name] = png
+            gw.hold_file(name, 100 * 1024, gate)
+        tasks = [asyncio.create_task(client.download(f"{gw.root_url}/files/{name}")) for name in pngs]
+        await _until(lambda: budget.streams_waiting == 18, "all but two wait for a slot")
+        assert budget.streams == 2
+        assert len([r for r in gw.requests if r.kind == "FILE"]) == 2  # the waiting ones have not connected
+        gate.set()
+        images = await asyncio.wait_for(asyncio.gather(*tasks), 30)
+        assert [image.read_bytes() for image in images] == list(pngs.values())
+        in_memory = [image for image in images if image.path is None]
+        spooled = [image for image in images if image.path is not None]
+        assert in_memory and spooled  # 6 MiB holds some of the 9.6 MB, not all
+        assert budget.held == sum(image.size for image in in_memory) <= budget.image_limit  # type: ignore[operator]
+        assert budget.peak_total <= budget.limit_bytes  # type: ignore[operator]
+        assert budget.streams == 0 and budget.streams_waiting == 0
+        del images, in_memory, spooled, tasks
+        gc.collect()
+        assert budget.held == 0
+        await _until(lambda: _spool_files(tmp_path) == [], "every spool file is removed")
+    finally:
+        set_memory_budget(before.limit_bytes)

@@ -6,14 +6,17 @@ import base64
 import gc
 import io
 import os
+import tracemalloc
 from collections.abc import Iterator
 
+import aiohttp.payload
 import pytest
 from PIL import Image
 
 from bot.errors import DeliveryError, MalformedResponseError
 from bot.generation.images import (
     ImageData,
+    SharedBytesIO,
     b64decode_strict,
     decode_b64,
     decode_data_url,
@@ -27,6 +30,7 @@ from bot.generation.images import (
     set_memory_budget,
 )
 from bot.throttle import ImageMemoryBudget
+from bot.throttle.memory import STREAM_BYTES
 from tests.fakes import make_bomb_png, make_png
 
 
@@ -158,7 +162,7 @@ async def test_4096_noise_fits_under_10_mib() -> None:
 
 
 def test_within_budget_stays_in_memory_and_gives_its_bytes_back_when_dropped() -> None:
-    budget = ImageMemoryBudget(10_000)
+    budget = ImageMemoryBudget(STREAM_BYTES + 10_000)  # one stream slot, 10,000 bytes for images
     png = make_png(32, 32)
     kept = keep_within_budget(inspect_image(png), budget)
     assert kept.path is None and kept.data == png and budget.held == len(png)
@@ -169,7 +173,7 @@ def test_within_budget_stays_in_memory_and_gives_its_bytes_back_when_dropped() -
 
 def test_over_budget_is_spooled_to_a_file_removed_when_dropped() -> None:
     png = make_png(48, 48, noise=True)
-    budget = ImageMemoryBudget(len(png) + 10)
+    budget = ImageMemoryBudget(STREAM_BYTES + len(png) + 10)
     first = keep_within_budget(inspect_image(png), budget)
     second = keep_within_budget(inspect_image(png), budget)
     assert first.path is None
@@ -212,3 +216,32 @@ async def test_async_checks_keep_to_the_process_budget(tight_budget: ImageMemory
     assert decoded.read_bytes() == png == inspected.read_bytes()
     set_memory_budget(None)
     assert (await inspect_image_async(png)).path is None
+
+
+@pytest.mark.parametrize("stream", [io.BytesIO, SharedBytesIO])
+def test_an_upload_payload_over_an_in_memory_image_copies_it_only_with_a_plain_bytesio(stream: type) -> None:
+    """aiohttp's upload payload asks a BytesIO for its buffer, which makes a plain one copy the image for the
+    whole upload; the shared stream hands out its bytes instead. Measured with tracemalloc."""
+    data = os.urandom(4 * 1024 * 1024)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        payload = aiohttp.payload.get_payload(stream(data))
+        grew = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert payload.size == len(data)
+    if stream is io.BytesIO:
+        assert grew >= len(data)  # the copy this test guards against
+    else:
+        assert grew < 64 * 1024
+
+
+def test_a_shared_stream_reads_and_seeks_like_a_bytesio() -> None:
+    data = bytes(range(256)) * 1000
+    stream = SharedBytesIO(data)
+    assert stream.read(10) == data[:10] and stream.tell() == 10
+    stream.seek(0)
+    assert stream.read() == data and bytes(stream.getbuffer()) == data
+    with pytest.raises(io.UnsupportedOperation):
+        stream.write(b"x")

@@ -15,7 +15,8 @@ from pydantic import SecretStr
 
 from bot.config import Settings
 from bot.generation.gateway import GatewayClient
-from bot.throttle import RequestRateLimiter
+from bot.throttle import ImageMemoryBudget, RequestRateLimiter
+from bot.throttle.memory import STREAM_BYTES, STREAM_SHARE
 from tests.fakes import FakeGateway
 
 ASYNC = "stability-ai/sdxl"
@@ -134,3 +135,68 @@ async def test_gateway_requests_wait_for_the_cap_best_poll_first(gw: FakeGateway
     assert [r.kind for r in arrived] == ["POST", "POLL", "POLL", "POLL"]
     assert [r.path.rstrip("/").rsplit("/", 1)[1] for r in arrived[1:]] == [ops[1], ops[2], ops[0]]
     assert time.now == pytest.approx(3.0)  # four more requests, one every half second
+
+
+# --- the image memory budget's stream slots ---------------------------------------------------------------
+
+
+async def test_stream_slots_bound_streams_and_serve_uploads_first() -> None:
+    budget = ImageMemoryBudget(2 * STREAM_SHARE * STREAM_BYTES)
+    assert budget.stream_slots == 2 and budget.image_limit == budget.limit_bytes - 2 * STREAM_BYTES  # type: ignore[operator]
+    release = asyncio.Event()
+    order: list[str] = []
+    inside = 0
+    most = 0
+
+    async def stream(name: str, *, upload: bool) -> None:
+        nonlocal inside, most
+        async with budget.stream(upload=upload):
+            inside += 1
+            most = max(most, inside)
+            order.append(name)
+            await release.wait()
+            inside -= 1
+
+    first = [asyncio.create_task(stream(f"d{i}", upload=False)) for i in range(2)]
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(stream(f"d{i}", upload=False)) for i in range(2, 4)]
+    later += [asyncio.create_task(stream("u0", upload=True))]
+    async with asyncio.timeout(5):
+        while budget.streams_waiting < 3:  # noqa: ASYNC110 - polling the budget's own counter
+            await asyncio.sleep(0)
+    assert order == ["d0", "d1"] and budget.streams == 2
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*first, *later), 5)
+    assert most == 2
+    assert order[2] == "u0"  # the upload, though it came last, before the downloads that waited
+    assert budget.streams == 0 and budget.peak_total == 2 * STREAM_BYTES
+
+
+async def test_a_slot_granted_to_a_cancelled_waiter_goes_to_the_next() -> None:
+    budget = ImageMemoryBudget(0)  # below one slot: still one stream at a time
+    assert budget.stream_slots == 1 and budget.image_limit == 0
+    holder_done = asyncio.Event()
+
+    async def hold() -> None:
+        async with budget.stream():
+            await holder_done.wait()
+
+    async def take() -> str:
+        async with budget.stream():
+            return "got it"
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)
+    cancelled = asyncio.create_task(take())
+    waiting = asyncio.create_task(take())
+    async with asyncio.timeout(5):
+        while budget.streams_waiting < 2:  # noqa: ASYNC110 - polling the budget's own counter
+            await asyncio.sleep(0)
+    holder_done.set()
+    await asyncio.sleep(0)  # the holder leaves and grants its slot to the first waiter...
+    cancelled.cancel()  # ...which is cancelled before it runs
+    assert await asyncio.wait_for(waiting, 5) == "got it"
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    await holder
+    assert budget.streams == 0 and budget.streams_waiting == 0

@@ -584,9 +584,14 @@ class GatewayClient:
         limit = self.download_max_bytes
         for _ in range(_MAX_REDIRECTS + 1):
             try:
-                async with self._downloads.get(
-                    target, timeout=self._timeout(), allow_redirects=False, headers={"Accept": "image/*"}
-                ) as resp:
+                # One stream slot of the memory budget per download in flight: its buffers are bounded by
+                # the slot, so downloads beyond the slots wait instead of each holding its own buffers.
+                async with (
+                    memory_budget().stream(),
+                    self._downloads.get(
+                        target, timeout=self._timeout(), allow_redirects=False, headers={"Accept": "image/*"}
+                    ) as resp,
+                ):
                     if resp.status in (301, 302, 303, 307, 308) and "Location" in resp.headers:
                         target = self._check_url(str(target.join(URL(resp.headers["Location"]))))
                         continue

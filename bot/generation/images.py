@@ -49,6 +49,24 @@ _EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 _DATA_URL_TYPES = {"image/png", "image/jpeg", "image/jpg", "image/webp"}
 
 
+class SharedBytesIO(io.BytesIO):
+    """A read-only `BytesIO` over `bytes` that never copies them.
+
+    A `BytesIO` made from `bytes` shares them until something asks for its buffer; aiohttp's upload
+    payload does (`getbuffer()`, for the size), which makes the `BytesIO` copy the whole image for the
+    whole upload: every in-memory image was held twice while it went to Discord, outside the budget."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self._shared = data
+
+    def getbuffer(self) -> memoryview:
+        return memoryview(self._shared)  # read-only: nothing writes to an upload's stream
+
+    def write(self, data: object) -> int:
+        raise io.UnsupportedOperation("read-only stream")
+
+
 @dataclass(frozen=True)
 class ImageData:
     """A checked image: its bytes exactly as received, its format and size.
@@ -76,7 +94,7 @@ class ImageData:
 
     def open(self) -> BinaryIO:
         """The image's bytes as a readable binary stream."""
-        return open(self.path, "rb") if self.path is not None else io.BytesIO(self.data)
+        return open(self.path, "rb") if self.path is not None else SharedBytesIO(self.data)
 
     def read_bytes(self) -> bytes:
         """The image's bytes (reads the file of a spooled image)."""
