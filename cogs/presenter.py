@@ -274,27 +274,30 @@ class DiscordJobPresenter:
         for start in range(0, len(names), MAX_ATTACHMENTS):
             chunk = range(start, min(start + MAX_ATTACHMENTS, len(names)))
             files = [_upload_file(sources[i], names[i]) for i in chunk]
-            if start == 0:
-                embeds = result_embeds(
-                    job,
-                    [names[i] for i in chunk],
-                    charged=delivery.charged,
-                    available_after=delivery.available_after,
-                    locale=locale,
-                    origin_url=await self._origin_url(job),
-                )
-                # One stream slot of the memory budget per upload in flight (its chunks and write buffer).
-                async with memory_budget().stream(upload=True):
-                    await edit_reply(
-                        content=None,
-                        embeds=embeds,
-                        attachments=files,
-                        view=result_view(job, locale),
-                        allowed_mentions=NO_MENTIONS,
+            try:
+                if start == 0:
+                    embeds = result_embeds(
+                        job,
+                        [names[i] for i in chunk],
+                        charged=delivery.charged,
+                        available_after=delivery.available_after,
+                        locale=locale,
+                        origin_url=await self._origin_url(job),
                     )
-            else:
-                async with memory_budget().stream(upload=True):
-                    await send_more(files)
+                    # One stream slot of the memory budget per upload in flight (its chunks, write buffer).
+                    async with memory_budget().stream(upload=True):
+                        await edit_reply(
+                            content=None,
+                            embeds=embeds,
+                            attachments=files,
+                            view=result_view(job, locale),
+                            allowed_mentions=NO_MENTIONS,
+                        )
+                else:
+                    async with memory_budget().stream(upload=True):
+                        await send_more(files)
+            finally:
+                _close_files(files)
             posted += len(files)
             if delivery.record_posted is not None:
                 await delivery.record_posted(posted)
@@ -336,3 +339,12 @@ def _upload_file(source: ImageData | bytes, filename: str) -> discord.File:
     if source.path is not None:
         return discord.File(source.path, filename=filename)
     return discord.File(SharedBytesIO(source.data), filename=filename)
+
+
+def _close_files(files: list[discord.File]) -> None:
+    """Close the upload streams: discord.py closes only the files it opened itself, and the request
+    objects that reference a stream may outlive the upload (until the garbage collector breaks their
+    cycles), which would keep an in-memory image alive after its budget was given back."""
+    for file in files:
+        file.close()
+        file.fp.close()

@@ -6,6 +6,7 @@ import base64
 import gc
 import io
 import os
+import sys
 import tracemalloc
 from collections.abc import Iterator
 
@@ -245,3 +246,14 @@ def test_a_shared_stream_reads_and_seeks_like_a_bytesio() -> None:
     assert stream.read() == data and bytes(stream.getbuffer()) == data
     with pytest.raises(io.UnsupportedOperation):
         stream.write(b"x")
+
+
+def test_a_closed_shared_stream_lets_go_of_the_image() -> None:
+    """An upload's request objects may outlive it in reference cycles: once closed, its stream must not be
+    what keeps an image's bytes alive after the image (and its budget charge) are gone."""
+    data = os.urandom(100_000)
+    alone = sys.getrefcount(data)
+    stream = SharedBytesIO(data)
+    assert stream.read(10) == data[:10] and sys.getrefcount(data) > alone
+    stream.close()
+    assert sys.getrefcount(data) == alone and stream.closed

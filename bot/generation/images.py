@@ -66,6 +66,12 @@ class SharedBytesIO(io.BytesIO):
     def write(self, data: object) -> int:
         raise io.UnsupportedOperation("read-only stream")
 
+    def close(self) -> None:
+        """Let go of the bytes: an upload's request objects may live on in reference cycles until the
+        garbage collector runs, and would keep the image alive after its budget was given back."""
+        self._shared = b""
+        super().close()
+
 
 @dataclass(frozen=True)
 class ImageData:
