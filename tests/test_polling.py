@@ -30,16 +30,28 @@ def gaps(times: list[float]) -> list[float]:
     return [b - a for a, b in itertools.pairwise(times)]
 
 
-def test_no_history_first_poll_at_a_quarter_then_growing() -> None:
+def test_no_history_first_poll_early_then_growing() -> None:
     schedule = fitted([])
     times = schedule.poll_times(200)
-    assert times[0] == pytest.approx(5.0)
+    assert times[0] == pytest.approx(1.0)  # a twentieth of the default expectation (20 s)
     intervals = gaps(times)
     assert all(b >= a - 1e-9 for a, b in itertools.pairwise(intervals))
     assert max(intervals) == pytest.approx(MAX)
     # A job finishing at 6 s is found within 25 % of its time.
     first_after = next(t for t in times if t >= 6.0)
     assert first_after - 6.0 <= 0.25 * first_after
+
+
+@pytest.mark.parametrize("duration", [1.5, 3.0, 6.0, 20.0, 45.0])
+def test_no_history_polls_learn_a_fair_duration_even_for_short_jobs(duration: float) -> None:
+    """What a model's first jobs teach the planner is the midpoint of the last "pending" and the "done"
+    poll: a first poll after a short job's end (5 s for a 3 s job, as before) taught every one of them
+    the same wrong 2.5 s, and the schedules fitted on that polled a 3 s model 2.4x the page's loop."""
+    times = fitted([]).poll_times(200)
+    done = next(t for t in times if t >= duration)
+    pending = max([0.0] + [t for t in times if t < duration])
+    assert done - pending <= 0.25 * done + 1e-9
+    assert abs((pending + done) / 2 - duration) <= 0.15 * duration
 
 
 def test_first_poll_waits_most_of_the_typical_time() -> None:
