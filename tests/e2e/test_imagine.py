@@ -68,6 +68,28 @@ async def test_images_beyond_the_memory_budget_are_uploaded_from_disk(world: Wor
         assert [a.data for a in message.attachments] == expected
 
 
+async def test_delivered_images_leave_no_upload_stream_open(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The upload's request objects may outlive it (reference cycles until a full collection): every
+    stream an upload read from is closed after it, so none keeps an in-memory image alive past its charge."""
+    import cogs.presenter
+
+    made: list[discord.File] = []
+    make_file = cogs.presenter._upload_file
+
+    def recording(source: object, filename: str) -> discord.File:
+        file = make_file(source, filename)  # type: ignore[arg-type]
+        made.append(file)
+        return file
+
+    monkeypatch.setattr(cogs.presenter, "_upload_file", recording)
+    await world.start()
+    world.gw.configure("xai/grok-imagine-image", completion_delay=0.1, image_size=(64, 64))
+    first = await world.finished(await world.imagine("an open stream", model="xai/grok-imagine-image"))
+    second = await world.finished(await world.imagine("two open streams", model="gemini-2.5-flash-image", count=2))
+    assert len(first.attachments) == 1 and len(second.attachments) == 2 and len(made) == 3
+    assert all(file.fp.closed for file in made)
+
+
 async def test_more_sync_jobs_than_a_connection_pool_reach_the_gateway_together(world: World) -> None:
     """A sync model holds its POST open while it generates; 120 of them must all be at the gateway at once
     (aiohttp's default pool of 100 connections kept the rest waiting for a whole generation)."""
