@@ -6,8 +6,10 @@ it in a worker thread so that a 20 MB base64 payload never stalls the event loop
 thread back in between.
 
 Checked images count against the process's image memory budget (`set_memory_budget`,
-IMAGE_MEMORY_BUDGET_BYTES): the `*_async` wrappers keep an image in memory while the budget has room and
-otherwise move it to a temporary file, which the upload then streams from.
+IMAGE_MEMORY_BUDGET_BYTES; a quarter of it is kept for downloads and uploads in flight, see
+`bot.throttle.memory`): the `*_async` wrappers keep an image in memory while the budget has room and
+otherwise move it to a temporary file, which the upload then streams from. An in-memory image is uploaded
+through a `SharedBytesIO`, which neither copies it nor, once closed, keeps it alive.
 """
 
 from __future__ import annotations
