@@ -337,6 +337,21 @@ class HoldRequest:
             (f"member:{job.guild_id}:{job.user_id}", member),
         ]
 
+    @staticmethod
+    def batch_lock_keys(requests: Sequence[HoldRequest]) -> list[tuple[str, bool]]:
+        """The locks of several holds committed in one transaction, in the one global order: the bot, then
+        the servers, then the members, each scope sorted by name; exclusive where any of them needs it.
+
+        A single hold's keys (one per scope) are in this order too, so batches and single holds never
+        wait for each other in a circle."""
+        wanted: dict[str, tuple[int, bool]] = {}
+        for request in requests:
+            for scope, (name, exclusive) in enumerate(request.lock_keys):
+                _, already = wanted.get(name, (scope, False))
+                wanted[name] = (scope, already or exclusive)
+        ordered = sorted(wanted.items(), key=lambda item: (item[1][0], item[0]))
+        return [(name, exclusive) for name, (_, exclusive) in ordered]
+
     def record(self) -> JobRecord:
         job = self.job
         return JobRecord(

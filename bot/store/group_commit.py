@@ -12,8 +12,10 @@ The promises, whatever the dialect:
 - A failed batch is rolled back and each of its operations is applied alone, so one bad operation (say a
   duplicate job id) fails only its own caller. `NotStarted` says the transaction never began (nothing was
   tried): then every operation of the batch gets that error without a retry.
-- Batches run one at a time, in arrival order. The operations of one batch were all in flight together,
-  so any order among them is one their callers could have seen.
+- Batches are taken in arrival order. With `max_in_flight=1` (SQLite: one writer) they run one at a
+  time; more (PostgreSQL) lets that many transactions run at once on separate connections, where the
+  database's own locks order what must be ordered. The operations of one batch were all in flight
+  together, so any order among them is one their callers could have seen.
 - `drain()` waits until every submitted operation has been applied; on a cancelled flush (shutdown),
   every waiting caller gets an error instead of waiting forever.
 """
@@ -66,6 +68,7 @@ class GroupCommit:
         alone_error: AloneError | None = None,
         gate: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = 1,
     ) -> None:
         """`gate`: entered around each batch, before it is taken from the queue (SQLite's write lock), so
         that what arrives while the flusher waits for it joins the batch. `alone_error`: the error an
@@ -74,21 +77,26 @@ class GroupCommit:
         self._gate = gate or contextlib.nullcontext
         self._alone_error = alone_error or (lambda op, exc: exc)
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
         self._queue: list[Op] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._flushers: set[asyncio.Task[None]] = set()
 
     async def submit(self, op: Op) -> Any:
         """Queue `op` for the next transaction and wait for its outcome (raised when it is an error)."""
         op.future = asyncio.get_running_loop().create_future()
         self._queue.append(op)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
+        # A flusher that found the queue empty is done at once (no await between its check and its end),
+        # though its done-callback has not yet removed it: count the running ones only.
+        if sum(not flusher.done() for flusher in self._flushers) < self._max_in_flight:
+            flusher = asyncio.ensure_future(self._flush())
+            self._flushers.add(flusher)
+            flusher.add_done_callback(self._flushers.discard)
         return await op.future
 
     async def drain(self) -> None:
         """Wait until every operation submitted so far has been applied."""
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)
+        while running := [flusher for flusher in self._flushers if not flusher.done()]:
+            await asyncio.shield(running[0])
 
     async def _flush(self) -> None:
         while self._queue:

@@ -32,6 +32,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import asyncpg
@@ -39,6 +40,7 @@ import asyncpg
 from bot.store import sql
 from bot.store.base import DuplicateJobError
 from bot.store.common import HoldRequest, SqlStore, Tx, apply_migrations, job_from_row
+from bot.store.group_commit import GroupCommit, Op
 from bot.store.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ T = TypeVar("T")
 QUERIES = sql.Queries(sql.POSTGRES)
 MIGRATION_LOCK = "migrations"
 HOLD_ATTEMPTS = 3  # a refused hold whose figures show room (a release landed meanwhile) is tried again
+GUILD_BUCKET_SLOTS = 16  # migration 0002's guild_buckets.slot = user_id % 16
 
 
 def lock_key(name: str) -> int:
@@ -82,7 +85,7 @@ def hold_function(name: str, hold: str, hold_types: Sequence[str], figures: str,
     params = ", ".join(["BIGINT[]", "BOOLEAN[]", *hold_types, *figure_types])
     figures_text = _shifted(figures, LOCK_PARAMS + len(hold_types))
     return f"""
-CREATE FUNCTION pg_temp.{name}({params}, OUT held BOOLEAN, OUT figures JSON) LANGUAGE plpgsql AS $hold$
+CREATE OR REPLACE FUNCTION pg_temp.{name}({params}, OUT held BOOLEAN, OUT figures JSON) LANGUAGE plpgsql AS $hold$
 DECLARE
     inserted TEXT;
 BEGIN
@@ -100,6 +103,62 @@ BEGIN
     END IF;
 END $hold$
 """
+
+
+@dataclass(frozen=True)
+class _Function:
+    """A statement made a function of this session (`pg_temp`), so that a batch calls it once per row."""
+
+    name: str
+    create: str  # CREATE OR REPLACE FUNCTION pg_temp.<name>(…)
+    types: tuple[str, ...]  # its parameter types, in order (the statements' own, as PostgreSQL inferred them)
+    names: tuple[tuple[str, ...], ...]  # the named parameters of each statement it is made of, in `$n` order
+    fixed: str = ""  # leading arguments every call passes as they are
+    order: str = ""  # the order to call it in, over a batch (`_call_laterally`)
+
+    def arguments_of(self, *values: Mapping[str, Any]) -> list[Any]:
+        """Its arguments, from each statement's named values."""
+        return [params[name] for params, names in zip(values, self.names, strict=True) for name in names]
+
+
+@dataclass(frozen=True)
+class _HoldCall:
+    """A hold waiting in the batch: its request (for the locks), its function and arguments."""
+
+    request: HoldRequest
+    function: _Function
+    arguments: list[Any]
+
+
+async def _call_laterally(
+    conn: asyncpg.Connection, function: _Function, rows: Sequence[Sequence[Any]], *, order: str = ""
+) -> dict[int, Any]:
+    """Call `function` once per row of arguments, in order, in one statement; its result rows by the
+    row's number (1-based; a row whose call returned nothing is missing).
+
+    The arguments go as one array per parameter, zipped back into rows by `unnest … WITH ORDINALITY`;
+    the function is called for each in a LATERAL join. It is VOLATILE, so each statement in it takes a
+    fresh snapshot and sees what the calls before it in this transaction wrote: each guarded hold is
+    checked after the holds before it, as if they ran one after the other. `order`, an expression of the
+    arguments `u.a1` …, calls them in that order instead of the rows' (the sorted subquery is fenced with
+    OFFSET 0, so the join calls the function row by row in its order).
+    """
+    count = len(function.types)
+    columns = ", ".join(f"a{n}" for n in range(1, count + 1))
+    arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(function.types, start=1))
+    arguments = ", ".join(([function.fixed] if function.fixed else []) + [f"o.a{n}" for n in range(1, count + 1)])
+    rows_in_order = f"unnest({arrays}) WITH ORDINALITY AS o({columns}, batch_row)"
+    if order:
+        rows_in_order = (
+            f"(SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({columns}, batch_row)"
+            f" ORDER BY {order}, batch_row OFFSET 0) AS o"
+        )
+    statement = (
+        f"SELECT o.batch_row, f.* FROM {rows_in_order}"
+        f" CROSS JOIN LATERAL pg_temp.{function.name}({arguments}) AS f ORDER BY o.batch_row"
+    )
+    columns_of_rows = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in function.types]
+    return {row["batch_row"]: row for row in await conn.fetch(statement, *columns_of_rows)}
 
 
 class _PgTx:
@@ -138,6 +197,13 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
         log.debug("transaction of a cancelled caller failed: %r", task.exception())
 
 
+def _alone_error(op: Op, exc: Exception) -> Exception:
+    """A hold applied alone that hit the jobs' primary key is a duplicate job id."""
+    if op.kind == "hold" and isinstance(exc, asyncpg.UniqueViolationError):
+        return DuplicateJobError(f"job {op.values['id']} already exists")
+    return exc
+
+
 class PostgresStore(SqlStore):
     """`Store` on a PostgreSQL database (`postgresql://…`), safe for many processes at once."""
 
@@ -158,7 +224,8 @@ class PostgresStore(SqlStore):
         self._max_size = max_size
         self._clock = clock
         self._pool: asyncpg.Pool | None = None
-        self._hold_functions: dict[str, tuple[str, str]] = {}  # hold statement -> (function name, CREATE)
+        self._functions: dict[str, _Function] = {}  # statement -> the session function made of it
+        self._group = GroupCommit(self._apply, alone_error=_alone_error)
 
     @property
     def dsn(self) -> str:
@@ -187,6 +254,7 @@ class PostgresStore(SqlStore):
     async def close(self) -> None:
         if self._pool is None:
             return
+        await self._group.drain()  # submitted holds and settlements are applied, not dropped
         pool, self._pool = self._pool, None
         await pool.close()  # waits for connections in use: transactions in progress finish first
 
@@ -240,66 +308,129 @@ class PostgresStore(SqlStore):
                 await conn.execute("COMMIT")
             return result
 
+    # --- group commit of holds and settlements (bot/store/group_commit.py) -------------------------------
+
     async def _hold(self, request: HoldRequest) -> JobRecord:
-        """The locks, the guarded hold and its job row (one statement: the job row only where the hold went
-        in) and, when refused, the figures: one call of a hold function (`hold_function`), one round
-        trip. If a release committed between the refused insert and the figures (releases take no lock),
-        the figures show room, and the hold is tried again."""
-        statement = f"WITH held AS ({request.sql} RETURNING job_id) {sql.JOB_ROW} FROM held RETURNING id"
-        hold_text, hold_args = _bind(statement, request.values)
-        figures_text, figure_args = _bind(self.queries.limit_figures, request.figure_values)
-        name, create = await self._hold_function(hold_text, figures_text)
-        args = [
-            [lock_key(key) for key, _ in request.lock_keys],
-            [exclusive for _, exclusive in request.lock_keys],
-            *hold_args,
-            *figure_args,
-        ]
-        marks = ", ".join(f"${n}" for n in range(1, len(args) + 1))
-        call = f"SELECT held, figures FROM pg_temp.{name}({marks})"
+        """The guarded hold and its job row (one statement: the job row only where the hold went in),
+        committed with the holds and settlements queued beside it (`_apply`). If a release committed
+        between the refused hold and its figures (releases take no lock), the figures show room, and the
+        hold is tried again."""
+        function = await self._hold_function(request)
+        call = _HoldCall(request, function, function.arguments_of(request.values, request.figure_values))
         for _ in range(HOLD_ATTEMPTS):
-            try:
-                row = await self._call_hold(call, create, args)
-            except asyncpg.UniqueViolationError as exc:
-                raise DuplicateJobError(f"job {request.values['id']} already exists") from exc
-            if row["held"]:
+            held, figures = await self._group.submit(Op(kind="hold", values=request.values, request=call))
+            if held:
                 return request.record()
-            figures = row["figures"]
-            refusal = request.refusal(None if figures is None else json.loads(figures))
+            refusal = request.refusal(figures)
             if not isinstance(refusal, RuntimeError):  # a limit explains it (else: room appeared, retry)
                 raise refusal
         raise refusal
 
-    async def _hold_function(self, hold_text: str, figures_text: str) -> tuple[str, str]:
-        """The name and CREATE statement of the hold function for these statements; the parameter types are
+    async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
+        row = await self._group.submit(Op(kind="finish", values=values))
+        return None if row is None else job_from_row(row)
+
+    async def _apply(self, batch: list[Op]) -> list[Any]:
+        """Apply `batch` in one transaction on one connection; each op's outcome, in order: a settlement's
+        job row (None when it was already settled), a hold's (held, figures). Raises when it failed whole.
+
+        The transaction takes every lock the batch's holds need at once, in the one global order
+        (`HoldRequest.batch_lock_keys`), runs the settlements (they only free credits), then the holds,
+        each one's guard evaluated after the holds before it in the batch (see `_call_laterally`), and
+        commits: one WAL flush for the batch. A connection meets the batch's functions the first time in
+        the batch's BEGIN … COMMIT, where a missing one aborts it: then they are created and the batch
+        applied again (nothing of the first try was committed)."""
+        finish = await self._finish_function()
+        functions = [finish] + [op.request.function for op in batch if op.kind == "hold"]
+        async with self._conn_pool.acquire() as conn:
+            try:
+                return await self._apply_on(conn, batch, finish)
+            except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
+                for create in dict.fromkeys(function.create for function in functions):
+                    await conn.execute(create)
+                return await self._apply_on(conn, batch, finish)
+
+    async def _apply_on(self, conn: asyncpg.Connection, batch: list[Op], finish: _Function) -> list[Any]:
+        finishes = [op for op in batch if op.kind == "finish"]
+        holds = [op for op in batch if op.kind == "hold"]
+        outcome: dict[int, Any] = {}
+        if not holds:  # settlements alone: one statement, atomic in autocommit, no lock to take
+            rows = await _call_laterally(
+                conn, finish, [finish.arguments_of(op.values) for op in finishes], order=finish.order
+            )
+            return [rows.get(n) for n in range(1, len(finishes) + 1)]
+        keys = HoldRequest.batch_lock_keys([op.request.request for op in holds])
+        calls = ", ".join(
+            f"pg_advisory_xact_lock{'' if exclusive else '_shared'}({lock_key(name)})" for name, exclusive in keys
+        )
+        # The keys are integers made here, never text from outside: safe to write into the statement, which
+        # lets BEGIN and the locks share one simple-protocol round trip.
+        await conn.execute(f"BEGIN; SELECT {calls}")
+        try:
+            if finishes:
+                rows = await _call_laterally(
+                    conn, finish, [finish.arguments_of(op.values) for op in finishes], order=finish.order
+                )
+                for n, op in enumerate(finishes, start=1):
+                    outcome[id(op)] = rows.get(n)
+            by_function: dict[str, list[Op]] = {}
+            for op in holds:
+                by_function.setdefault(op.request.function.name, []).append(op)
+            for group in by_function.values():
+                rows = await _call_laterally(conn, group[0].request.function, [op.request.arguments for op in group])
+                for n, op in enumerate(group, start=1):
+                    row = rows[n]
+                    figures = row["figures"]
+                    outcome[id(op)] = (row["held"], None if figures is None else json.loads(figures))
+            await conn.execute("COMMIT")
+        except BaseException:
+            if not conn.is_closed():
+                await conn.execute("ROLLBACK")
+            raise
+        return [outcome[id(op)] for op in batch]
+
+    async def _hold_function(self, request: HoldRequest) -> _Function:
+        """The hold function for this request's statements (`hold_function`); the parameter types are
         asked of PostgreSQL once per statement (a Parse on one connection), then remembered."""
-        known = self._hold_functions.get(hold_text)
+        statement = f"WITH held AS ({request.sql} RETURNING job_id) {sql.JOB_ROW} FROM held RETURNING id"
+        known = self._functions.get(statement)
         if known is None:
+            hold_text, hold_names = sql.to_numbered(statement)
+            figures_text, figure_names = sql.to_numbered(self.queries.limit_figures)
             async with self._conn_pool.acquire() as conn:
                 hold_types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(hold_text)).get_parameters()]
                 figure_types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(figures_text)).get_parameters()]
             name = "hold_" + hashlib.blake2b((hold_text + figures_text).encode(), digest_size=10).hexdigest()
-            known = name, hold_function(name, hold_text, hold_types, figures_text, figure_types)
-            self._hold_functions[hold_text] = known
+            known = _Function(
+                name=name,
+                create=hold_function(name, hold_text, hold_types, figures_text, figure_types),
+                types=tuple(hold_types + figure_types),
+                names=(hold_names, figure_names),
+                fixed="ARRAY[]::BIGINT[], ARRAY[]::BOOLEAN[]",  # no locks of its own: the batch has taken them
+            )
+            self._functions[statement] = known
         return known
 
-    async def _call_hold(self, call: str, create: str, args: Sequence[Any]) -> Any:
-        """Call a hold function, creating it first on a connection (its session) that does not have it yet.
-        Shielded like `_single`: once sent, the hold commits or fails whole."""
-
-        async def run() -> Any:
+    async def _finish_function(self) -> _Function:
+        """FINISH_JOB as a SQL function returning the settled job's row (none when already settled)."""
+        known = self._functions.get(sql.FINISH_JOB)
+        if known is None:
+            text, names = sql.to_numbered(sql.FINISH_JOB)
             async with self._conn_pool.acquire() as conn:
-                try:
-                    return await conn.fetchrow(call, *args)
-                except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):  # no pg_temp yet
-                    # The call failed before it ran: nothing was written. Create, then call again.
-                    await conn.execute(create)
-                    return await conn.fetchrow(call, *args)
-
-        task = asyncio.ensure_future(run())
-        task.add_done_callback(_consume_exception)
-        return await asyncio.shield(task)
-
-    async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
-        rows = await self._single(sql.FINISH_JOB, values)
-        return job_from_row(rows[0]) if rows else None
+                types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(text)).get_parameters()]
+            name = "finish_" + hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
+            create = (
+                f"CREATE OR REPLACE FUNCTION pg_temp.{name}({', '.join(types)}) RETURNS SETOF jobs"
+                f" LANGUAGE sql AS $finish$ {text} $finish$"
+            )
+            # Settling captures into the server's running totals, whose rows (16 slots a bucket, by member:
+            # migration 0002) and the member's are locked to COMMIT. Two batches settling the same members in
+            # different orders would wait for each other in a circle (PostgreSQL breaks it after
+            # deadlock_timeout, and the batch is split): so every batch settles in one order, by server,
+            # slot, then member. The two orders still cross only for one member settling in two batches at
+            # once, which the split resolves.
+            job_id = f"u.a{names.index('id') + 1}"
+            job_of = f"(SELECT ARRAY[guild_id, user_id % {GUILD_BUCKET_SLOTS}, user_id] FROM jobs WHERE id = {job_id})"
+            known = _Function(name=name, create=create, types=tuple(types), names=(names,), order=job_of)
+            self._functions[sql.FINISH_JOB] = known
+        return known
