@@ -11,7 +11,7 @@ import pytest
 from bot.store import open_store
 from bot.store.common import load_migrations
 from bot.store.postgres import PostgresStore
-from bot.store.records import HoldLimits, JobStatus
+from bot.store.records import Allowance, HoldLimits, JobStatus
 from tests.conftest import PG_DSN
 from tests.factories import make_job
 
@@ -166,3 +166,30 @@ async def test_settlements_of_two_processes_in_opposite_orders_never_deadlock(
         assert spent == 4 * 32 * 5
     finally:
         await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_reads_in_flight_together_each_get_their_own_rows(pg_schema: str) -> None:
+    """The allowance read every hold makes is batched (one statement for a burst): each caller still gets
+    its own member's override and its own server's policy and roles, and a member without rows gets none."""
+    async with PostgresStore(PG_DSN, schema=pg_schema) as store:
+        for guild in (1, 2):
+            await store.update_policy(guild, actor_id=0, now=NOW, timezone="Asia/Seoul" if guild == 2 else "UTC")
+            await store.set_role_allowance(guild, 70 + guild, Allowance(guild * 10, "day"), actor_id=0, now=NOW)
+        for user in range(100, 120, 2):  # every other member has an override of its own
+            await store.set_member_allowance(1, user, Allowance(user, "week"), actor_id=0, now=NOW)
+        batches: list[int] = []
+        apply = store._reads._apply
+
+        async def counting(batch):  # type: ignore[no-untyped-def]
+            batches.append(len(batch))
+            return await apply(batch)
+
+        store._reads._apply = counting
+        asked = [(guild, user) for user in range(100, 120) for guild in (1, 2)]
+        answers = await asyncio.gather(*(store.allowance_context(guild, user) for guild, user in asked))
+        for (guild, user), (override, roles, policy) in zip(asked, answers, strict=True):
+            expected = Allowance(user, "week") if guild == 1 and user % 2 == 0 else None
+            assert override == expected
+            assert roles == {70 + guild: Allowance(guild * 10, "day")}
+            assert (policy.guild_id, policy.timezone) == (guild, "Asia/Seoul" if guild == 2 else "UTC")
+        assert sum(batches) == len(asked) and len(batches) <= 3  # the first alone, the rest together

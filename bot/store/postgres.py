@@ -13,12 +13,14 @@ only then runs the guarded insert: its statement snapshot is taken after the loc
 hold committed before it. Settlements need no lock: a capture or release never raises what counts
 against a limit.
 
-Round trips. A hold is one: a call of a plpgsql function made from the shared statements (see
-`hold_function`) that takes the locks, runs the guarded hold and, on a refusal, reads its figures, all in
-the implicit transaction of one statement, which commits before the locks are released. Each
-connection creates the function for a set of guards the first time it needs it, in its own session
-(`pg_temp`: nothing shared to migrate or race on), and plans its statements once. A settlement is one
-statement. asyncpg's statement cache keeps both calls prepared on each connection.
+Group commit (bot/store/group_commit.py). Holds and settlements in flight together go as one batch in
+one transaction: BEGIN with every advisory lock the batch's holds need (in the one global order,
+exclusive where any of them checks that scope), the settlements, then the holds, each guarded hold
+checked after the ones before it, and one COMMIT: about four round trips and one WAL flush for a whole
+burst instead of one round trip and one commit each. The statements are made functions of the session
+(`pg_temp`, created the first time a connection needs them: nothing shared to migrate or race on) and
+called once per row of the batch in a LATERAL join over its arguments (`_call_laterally`). A failed
+batch is rolled back and its operations applied one by one, so one bad operation fails only its caller.
 
 Claims take one advisory lock for the whole claim statement, so the run limits hold across processes.
 """
@@ -50,6 +52,7 @@ T = TypeVar("T")
 QUERIES = sql.Queries(sql.POSTGRES)
 MIGRATION_LOCK = "migrations"
 HOLD_ATTEMPTS = 3  # a refused hold whose figures show room (a release landed meanwhile) is tried again
+READS_IN_FLIGHT = 2  # batched reads running at once (they take no locks: more would only add connections)
 GUILD_BUCKET_SLOTS = 16  # migration 0002's guild_buckets.slot = user_id % 16
 
 
@@ -73,14 +76,14 @@ def _shifted(text: str, by: int) -> str:
 
 
 def hold_function(name: str, hold: str, hold_types: Sequence[str], figures: str, figure_types: Sequence[str]) -> str:
-    """`CREATE FUNCTION pg_temp.<name>`: a hold in one call, from the shared statements (numbered).
+    """`CREATE OR REPLACE FUNCTION pg_temp.<name>`: a hold in one call, from the shared statements (numbered).
 
     Its parameters: the lock keys and their modes, the hold statement's, then the figures statement's.
-    It takes the locks in the order given, runs the guarded hold, and on a refusal reads the figures.
-    VOLATILE (the default): under READ COMMITTED each statement in it takes a fresh snapshot, so the hold,
-    run after the locks, sees every hold committed before them. Called as one statement in autocommit,
-    its implicit transaction commits before the locks are released. Static SQL: each session plans it
-    once and keeps the plan, as a prepared statement would.
+    It takes the locks in the order given (a batch passes none: it has taken them all before), runs the
+    guarded hold, and on a refusal reads the figures. VOLATILE (the default): under READ COMMITTED each
+    statement in it takes a fresh snapshot, so the hold, run after the locks, sees every hold committed
+    before them and every hold of its own batch before it. Static SQL: each session plans it once and
+    keeps the plan, as a prepared statement would.
     """
     params = ", ".join(["BIGINT[]", "BOOLEAN[]", *hold_types, *figure_types])
     figures_text = _shifted(figures, LOCK_PARAMS + len(hold_types))
@@ -226,6 +229,12 @@ class PostgresStore(SqlStore):
         self._pool: asyncpg.Pool | None = None
         self._functions: dict[str, _Function] = {}  # statement -> the session function made of it
         self._group = GroupCommit(self._apply, alone_error=_alone_error)
+        # The read every hold makes first (the member's allowances and the server's policy), batched like
+        # the writes: one round trip for a burst of them. Only statements whose rows are read by name (the
+        # batch adds a column) and whose parameters may become columns (no LIMIT $n) belong here.
+        self._batched_reads = frozenset({QUERIES.allowance_context})
+        self._reads = GroupCommit(self._apply_reads, max_in_flight=READS_IN_FLIGHT)
+        self._read_types: dict[str, tuple[str, ...]] = {}
 
     @property
     def dsn(self) -> str:
@@ -255,6 +264,7 @@ class PostgresStore(SqlStore):
         if self._pool is None:
             return
         await self._group.drain()  # submitted holds and settlements are applied, not dropped
+        await self._reads.drain()
         pool, self._pool = self._pool, None
         await pool.close()  # waits for connections in use: transactions in progress finish first
 
@@ -280,8 +290,40 @@ class PostgresStore(SqlStore):
     # --- dialect primitives ------------------------------------------------------------------------------
 
     async def _read(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
+        if statement in self._batched_reads:
+            rows: list[Any] = await self._reads.submit(Op(kind="single", values=dict(params), statement=statement))
+            return rows
         text, args = _bind(statement, params)
         return list(await self._conn_pool.fetch(text, *args))
+
+    async def _apply_reads(self, batch: list[Op]) -> list[Any]:
+        """Reads of one statement in flight together, as one statement: the statement as a LATERAL
+        subquery over the rows of its arguments (`unnest … WITH ORDINALITY`). Each op's rows, in order;
+        all of them read one snapshot, as reads running at the same moment could have."""
+        by_statement: dict[str, list[Op]] = {}
+        for op in batch:
+            by_statement.setdefault(op.statement, []).append(op)
+        outcome: dict[int, list[Any]] = {}
+        async with self._conn_pool.acquire() as conn:
+            for statement, ops in by_statement.items():
+                text, names = sql.to_numbered(statement)
+                types = self._read_types.get(text)
+                if types is None:
+                    types = tuple(f"{t.schema}.{t.name}" for t in (await conn.prepare(text)).get_parameters())
+                    self._read_types[text] = types
+                arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(types, start=1))
+                columns = ", ".join(f"a{n}" for n in range(1, len(types) + 1))
+                per_row = _NUMBERED.sub(lambda m: f"o.a{m.group(1)}", text)
+                found = await conn.fetch(
+                    f"SELECT o.batch_row, r.* FROM unnest({arrays}) WITH ORDINALITY AS o({columns}, batch_row)"
+                    f" CROSS JOIN LATERAL ({per_row}) AS r ORDER BY o.batch_row",
+                    *([op.values[name] for op in ops] for name in names),
+                )
+                for op in ops:
+                    outcome[id(op)] = []
+                for row in found:
+                    outcome[id(ops[row["batch_row"] - 1])].append(row)
+        return [outcome[id(op)] for op in batch]
 
     async def _single(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
         text, args = _bind(statement, params)
