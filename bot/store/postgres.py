@@ -117,7 +117,7 @@ class _Function:
     types: tuple[str, ...]  # its parameter types, in order (the statements' own, as PostgreSQL inferred them)
     names: tuple[tuple[str, ...], ...]  # the named parameters of each statement it is made of, in `$n` order
     fixed: str = ""  # leading arguments every call passes as they are
-    order: str = ""  # the order to call it in, over a batch (`_call_laterally`)
+    order: tuple[str, str] = ("", "")  # a join and the keys to call it in that order over a batch (`_call_laterally`)
 
     def arguments_of(self, *values: Mapping[str, Any]) -> list[Any]:
         """Its arguments, from each statement's named values."""
@@ -134,7 +134,7 @@ class _HoldCall:
 
 
 async def _call_laterally(
-    conn: asyncpg.Connection, function: _Function, rows: Sequence[Sequence[Any]], *, order: str = ""
+    conn: asyncpg.Connection, function: _Function, rows: Sequence[Sequence[Any]], *, order: tuple[str, str] = ("", "")
 ) -> dict[int, Any]:
     """Call `function` once per row of arguments, in order, in one statement; its result rows by the
     row's number (1-based; a row whose call returned nothing is missing).
@@ -142,19 +142,20 @@ async def _call_laterally(
     The arguments go as one array per parameter, zipped back into rows by `unnest … WITH ORDINALITY`;
     the function is called for each in a LATERAL join. It is VOLATILE, so each statement in it takes a
     fresh snapshot and sees what the calls before it in this transaction wrote: each guarded hold is
-    checked after the holds before it, as if they ran one after the other. `order`, an expression of the
-    arguments `u.a1` …, calls them in that order instead of the rows' (the sorted subquery is fenced with
-    OFFSET 0, so the join calls the function row by row in its order).
+    checked after the holds before it, as if they ran one after the other. `order`, a join on the
+    arguments `u.a1` … and sort keys over it, calls them in that order instead of the rows' (the sorted
+    subquery is fenced with OFFSET 0, so the lateral join calls the function row by row in its order).
     """
     count = len(function.types)
     columns = ", ".join(f"a{n}" for n in range(1, count + 1))
     arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(function.types, start=1))
     arguments = ", ".join(([function.fixed] if function.fixed else []) + [f"o.a{n}" for n in range(1, count + 1)])
     rows_in_order = f"unnest({arrays}) WITH ORDINALITY AS o({columns}, batch_row)"
-    if order:
+    join, keys = order
+    if keys:
         rows_in_order = (
-            f"(SELECT * FROM unnest({arrays}) WITH ORDINALITY AS u({columns}, batch_row)"
-            f" ORDER BY {order}, batch_row OFFSET 0) AS o"
+            f"(SELECT u.* FROM unnest({arrays}) WITH ORDINALITY AS u({columns}, batch_row) {join}"
+            f" ORDER BY {keys}, batch_row OFFSET 0) AS o"
         )
     statement = (
         f"SELECT o.batch_row, f.* FROM {rows_in_order}"
@@ -471,8 +472,11 @@ class PostgresStore(SqlStore):
             # deadlock_timeout, and the batch is split): so every batch settles in one order, by server,
             # slot, then member. The two orders still cross only for one member settling in two batches at
             # once, which the split resolves.
-            job_id = f"u.a{names.index('id') + 1}"
-            job_of = f"(SELECT ARRAY[guild_id, user_id % {GUILD_BUCKET_SLOTS}, user_id] FROM jobs WHERE id = {job_id})"
+            job_of = (
+                "",
+                f"(SELECT ARRAY[guild_id, user_id % {GUILD_BUCKET_SLOTS}, user_id] FROM jobs"
+                f" WHERE id = u.a{names.index('id') + 1})",
+            )
             known = _Function(name=name, create=create, types=tuple(types), names=(names,), order=job_of)
             self._functions[sql.FINISH_JOB] = known
         return known
