@@ -13,14 +13,16 @@ only then runs the guarded insert: its statement snapshot is taken after the loc
 hold committed before it. Settlements need no lock: a capture or release never raises what counts
 against a limit.
 
-Group commit (bot/store/group_commit.py). Holds and settlements in flight together go as one batch in
-one transaction: BEGIN with every advisory lock the batch's holds need (in the one global order,
-exclusive where any of them checks that scope), the settlements, then the holds, each guarded hold
-checked after the ones before it, and one COMMIT: about four round trips and one WAL flush for a whole
-burst instead of one round trip and one commit each. The statements are made functions of the session
-(`pg_temp`, created the first time a connection needs them: nothing shared to migrate or race on) and
-called once per row of the batch in a LATERAL join over its arguments (`_call_laterally`). A failed
-batch is rolled back and its operations applied one by one, so one bad operation fails only its caller.
+Group commit (bot/store/group_commit.py). Holds and settlements in flight together go as one batch: one
+statement for its settlements, then one for its holds, each atomic in autocommit: two round trips and
+two WAL flushes for a whole burst instead of one round trip and one commit each (and no BEGIN or COMMIT
+trips: they count when the database is across a network). The statements are made functions of the
+session (`pg_temp`, created the first time a connection needs them: nothing shared to migrate or race
+on) and called once per row of the batch in a LATERAL join over its arguments (`_call_laterally`). The
+holds' first call takes every advisory lock of the batch (in the one global order, exclusive where any
+of its holds checks that scope), so each guarded hold runs after the locks and after the holds before
+it. A failed statement writes nothing, and its operations are applied one by one, so one bad operation
+fails only its caller.
 
 Claims take one advisory lock for the whole claim statement, so the run limits hold across processes.
 """
@@ -28,6 +30,7 @@ Claims take one advisory lock for the whole claim statement, so the run limits h
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import logging
@@ -116,7 +119,7 @@ class _Function:
     create: str  # CREATE OR REPLACE FUNCTION pg_temp.<name>(…)
     types: tuple[str, ...]  # its parameter types, in order (the statements' own, as PostgreSQL inferred them)
     names: tuple[tuple[str, ...], ...]  # the named parameters of each statement it is made of, in `$n` order
-    fixed: str = ""  # leading arguments every call passes as they are
+    fixed: tuple[str, ...] = ()  # the types of its leading parameters, given to the first call only
     order: tuple[str, str] = ("", "")  # a join and the keys to call it in that order over a batch (`_call_laterally`)
 
     def arguments_of(self, *values: Mapping[str, Any]) -> list[Any]:
@@ -134,7 +137,12 @@ class _HoldCall:
 
 
 async def _call_laterally(
-    conn: asyncpg.Connection, function: _Function, rows: Sequence[Sequence[Any]], *, order: tuple[str, str] = ("", "")
+    conn: asyncpg.Connection,
+    function: _Function,
+    rows: Sequence[Sequence[Any]],
+    *,
+    order: tuple[str, str] = ("", ""),
+    first: Sequence[Any] = (),
 ) -> dict[int, Any]:
     """Call `function` once per row of arguments, in order, in one statement; its result rows by the
     row's number (1-based; a row whose call returned nothing is missing).
@@ -145,11 +153,17 @@ async def _call_laterally(
     checked after the holds before it, as if they ran one after the other. `order`, a join on the
     arguments `u.a1` … and sort keys over it, calls them in that order instead of the rows' (the sorted
     subquery is fenced with OFFSET 0, so the lateral join calls the function row by row in its order).
+    `first`: the values of the function's leading parameters (its `fixed` ones) for the first call; the
+    other calls get them empty (a hold function: the batch's locks, taken once, before the first hold).
     """
     count = len(function.types)
     columns = ", ".join(f"a{n}" for n in range(1, count + 1))
     arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(function.types, start=1))
-    arguments = ", ".join(([function.fixed] if function.fixed else []) + [f"o.a{n}" for n in range(1, count + 1)])
+    leading = [
+        f"CASE WHEN o.batch_row = 1 THEN ${count + n}::{kind} ELSE '{{}}'::{kind} END"
+        for n, kind in enumerate(function.fixed, start=1)
+    ]
+    arguments = ", ".join(leading + [f"o.a{n}" for n in range(1, count + 1)])
     rows_in_order = f"unnest({arrays}) WITH ORDINALITY AS o({columns}, batch_row)"
     join, keys = order
     if keys:
@@ -162,7 +176,18 @@ async def _call_laterally(
         f" CROSS JOIN LATERAL pg_temp.{function.name}({arguments}) AS f ORDER BY o.batch_row"
     )
     columns_of_rows = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in function.types]
-    return {row["batch_row"]: row for row in await conn.fetch(statement, *columns_of_rows)}
+    leading_values = list(first) if first else [[] for _ in function.fixed]
+    return {row["batch_row"]: row for row in await conn.fetch(statement, *columns_of_rows, *leading_values)}
+
+
+async def _first_use(conn: asyncpg.Connection, function: _Function, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` of `function`, made again after creating the function in this session when it had not
+    got it (the statement then failed before it ran: nothing was written)."""
+    try:
+        return await call()
+    except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
+        await conn.execute(function.create)
+    return await call()
 
 
 class _PgTx:
@@ -374,62 +399,40 @@ class PostgresStore(SqlStore):
         return None if row is None else job_from_row(row)
 
     async def _apply(self, batch: list[Op]) -> list[Any]:
-        """Apply `batch` in one transaction on one connection; each op's outcome, in order: a settlement's
-        job row (None when it was already settled), a hold's (held, figures). Raises when it failed whole.
+        """Apply `batch` on one connection; each op's outcome, in order: a settlement's job row (None when
+        it was already settled), a hold's (held, figures). Raises when a statement of it failed.
 
-        The transaction takes every lock the batch's holds need at once, in the one global order
-        (`HoldRequest.batch_lock_keys`), runs the settlements (they only free credits), then the holds,
-        each one's guard evaluated after the holds before it in the batch (see `_call_laterally`), and
-        commits: one WAL flush for the batch. A connection meets the batch's functions the first time in
-        the batch's BEGIN … COMMIT, where a missing one aborts it: then they are created and the batch
-        applied again (nothing of the first try was committed)."""
-        finish = await self._finish_function()
-        functions = [finish] + [op.request.function for op in batch if op.kind == "hold"]
-        async with self._conn_pool.acquire() as conn:
-            try:
-                return await self._apply_on(conn, batch, finish)
-            except (asyncpg.UndefinedFunctionError, asyncpg.InvalidSchemaNameError):
-                for create in dict.fromkeys(function.create for function in functions):
-                    await conn.execute(create)
-                return await self._apply_on(conn, batch, finish)
-
-    async def _apply_on(self, conn: asyncpg.Connection, batch: list[Op], finish: _Function) -> list[Any]:
+        One statement for the settlements (they only free credits, so they go first), then one for the
+        holds of each kind (in practice one): each a single call of its function per row, atomic in
+        autocommit, one round trip and one WAL flush. The holds' first call takes every lock the holds
+        of its statement need, in the one global order (`HoldRequest.batch_lock_keys`), before its own
+        hold; the locks last to the statement's commit, and each guarded hold is checked after the
+        holds before it (see `_call_laterally`). A connection meets the functions the first time in such
+        a statement, which then fails before it runs: they are created and the statement sent again."""
         finishes = [op for op in batch if op.kind == "finish"]
         holds = [op for op in batch if op.kind == "hold"]
         outcome: dict[int, Any] = {}
-        if not holds:  # settlements alone: one statement, atomic in autocommit, no lock to take
-            rows = await _call_laterally(
-                conn, finish, [finish.arguments_of(op.values) for op in finishes], order=finish.order
-            )
-            return [rows.get(n) for n in range(1, len(finishes) + 1)]
-        keys = HoldRequest.batch_lock_keys([op.request.request for op in holds])
-        calls = ", ".join(
-            f"pg_advisory_xact_lock{'' if exclusive else '_shared'}({lock_key(name)})" for name, exclusive in keys
-        )
-        # The keys are integers made here, never text from outside: safe to write into the statement, which
-        # lets BEGIN and the locks share one simple-protocol round trip.
-        await conn.execute(f"BEGIN; SELECT {calls}")
-        try:
+        async with self._conn_pool.acquire() as conn:
             if finishes:
-                rows = await _call_laterally(
-                    conn, finish, [finish.arguments_of(op.values) for op in finishes], order=finish.order
-                )
+                finish = await self._finish_function()
+                arguments = [finish.arguments_of(op.values) for op in finishes]
+                call = functools.partial(_call_laterally, conn, finish, arguments, order=finish.order)
+                rows = await _first_use(conn, finish, call)
                 for n, op in enumerate(finishes, start=1):
                     outcome[id(op)] = rows.get(n)
             by_function: dict[str, list[Op]] = {}
             for op in holds:
                 by_function.setdefault(op.request.function.name, []).append(op)
             for group in by_function.values():
-                rows = await _call_laterally(conn, group[0].request.function, [op.request.arguments for op in group])
+                function = group[0].request.function
+                keys = HoldRequest.batch_lock_keys([op.request.request for op in group])
+                locks = ([lock_key(name) for name, _ in keys], [exclusive for _, exclusive in keys])
+                arguments = [op.request.arguments for op in group]
+                call = functools.partial(_call_laterally, conn, function, arguments, first=locks)
+                rows = await _first_use(conn, function, call)
                 for n, op in enumerate(group, start=1):
-                    row = rows[n]
-                    figures = row["figures"]
-                    outcome[id(op)] = (row["held"], None if figures is None else json.loads(figures))
-            await conn.execute("COMMIT")
-        except BaseException:
-            if not conn.is_closed():
-                await conn.execute("ROLLBACK")
-            raise
+                    figures = rows[n]["figures"]
+                    outcome[id(op)] = (rows[n]["held"], None if figures is None else json.loads(figures))
         return [outcome[id(op)] for op in batch]
 
     async def _hold_function(self, request: HoldRequest) -> _Function:
@@ -449,7 +452,7 @@ class PostgresStore(SqlStore):
                 create=hold_function(name, hold_text, hold_types, figures_text, figure_types),
                 types=tuple(hold_types + figure_types),
                 names=(hold_names, figure_names),
-                fixed="ARRAY[]::BIGINT[], ARRAY[]::BOOLEAN[]",  # no locks of its own: the batch has taken them
+                fixed=("BIGINT[]", "BOOLEAN[]"),  # the lock keys and modes: the first call takes the batch's
             )
             self._functions[statement] = known
         return known
