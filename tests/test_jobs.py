@@ -218,6 +218,21 @@ async def test_async_job_is_polled_then_downloaded(start_core: Callable[..., Any
     assert stored.started_at <= stored.submitted_at <= stored.completed_at  # stamped with the DELIVERING step
 
 
+async def test_a_job_done_at_its_first_poll_teaches_the_time_of_that_poll_not_half_of_it(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    # No history: the first poll comes at a quarter of the default expectation (2 s here, so 0.5 s). The
+    # operation is complete long before: all that poll tells is "at most 0.5 s". Learning the midpoint
+    # (0.25 s) would make the next jobs of the model poll early, then at the widest interval.
+    core = await start_core(poll_default_expected_seconds=2.0)
+    gateway.configure("xai/grok-imagine-image", completion_delay=0.0)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    assert (await core.presenter.wait_end(job.id)).kind == "deliver"
+    assert len(gateway.polls) == 1, "found done at its first poll"
+    [learned] = await core.store.recent_durations("xai/grok-imagine-image", 5)
+    assert learned >= 0.4, f"learned {learned:.3f} s: the first poll came 0.5 s after submit"
+
+
 async def test_fewer_images_than_asked_charges_only_those(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
     core = await start_core()
     one_image = {

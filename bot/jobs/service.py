@@ -617,7 +617,8 @@ class JobService:
         self, job: JobRecord, reporter: ProgressReporter, *, resume: bool
     ) -> tuple[list[ImageData], float | None]:
         """The job's images, and when the gateway said an async job's were ready (None for sync)."""
-        if not (resume and job.operation_id):
+        fresh = not (resume and job.operation_id)  # submitted here and now, not resumed after a restart
+        if fresh:
             # A cancel may have landed between the claim and now: never reach the gateway for it.
             await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
             # A sync model generates while the POST is open (15-30 s for some): show the clock running,
@@ -650,8 +651,10 @@ class JobService:
         ends_at = submitted_at + schedule.expected if schedule.spread is not None else None  # None: no history
         reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at), ends_at=ends_at)
         job_id = job.id
+        answers: list[float] = []  # when each poll of this wait was answered, seconds since submit
 
-        async def after_poll(_: float) -> None:
+        async def after_poll(answered: float) -> None:
+            answers.append(answered)
             self._polls[job_id] = (self._polls.get(job_id, (0, None))[0] + 1, None)
             await self._check_not_cancelled(job_id)  # a cancel from another process
 
@@ -662,6 +665,12 @@ class JobService:
         duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
         lag = max(0.0, self._clock() - submitted_at - duration) if result.finished_after is not None else None
         self._polls[job.id] = (self._polls.get(job.id, (0, None))[0], lag)
+        if fresh and len(answers) == 1:
+            # Done at its first look: all we know is that it took at most that long. The gateway's midpoint
+            # of (submit, first poll] would teach the schedule half the duration when the first poll lands
+            # just after completion (every job of a model that finishes together does), and the next
+            # jobs would be polled early, then, past the "usual" time, at the widest interval.
+            duration = answers[0]
         await self._planner.record(job.model, max(0.0, duration))
         completed_at = self._clock()  # stored with the DELIVERING step: one write per job fewer
         if result.images:
