@@ -26,7 +26,7 @@ from bot.jobs.service import Delivery
 from bot.services import Services
 from bot.store import open_store
 from bot.store.base import Store
-from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob
+from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob, RunLimits
 from tests.factories import make_job
 from tests.fakes.fake_gateway import FakeGateway, Reply
 
@@ -373,6 +373,42 @@ async def test_restart_before_posting_an_async_result_fetches_it_again(
     assert await entries(second.store, job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
 
 
+async def _claimed_by_a_dead_process(settings: Settings, *, marked: bool) -> JobRecord:
+    """A job claimed by a process that died an hour ago, before (or just after) marking it submitted."""
+    long_ago = time.time() - 3600
+    async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        job = await services.ledger.hold_for_job(new_job(), [])
+        await store.heartbeat("dead", [], "1", now=long_ago)
+        limits = RunLimits(per_member=10, per_guild=10, global_limit=10)
+        [claimed] = await store.claim_jobs("dead", limits, lease_seconds=30, now=long_ago)
+        if marked:
+            assert await store.mark_submitted(job.id, "dead", now=long_ago)
+        return claimed
+
+
+async def test_a_dead_processs_claimed_unsubmitted_job_goes_back_in_line_and_is_delivered(
+    start_core: Callable[..., Any], make_settings: Callable[..., Settings], gateway: FakeGateway
+) -> None:
+    job = await _claimed_by_a_dead_process(make_settings(), marked=False)
+    core = await start_core()  # takes the dead process's job over
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver", "its POST never went out: run, not refunded as interrupted"
+    assert len(gateway.posts) == 1
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
+
+
+async def test_a_dead_processs_job_whose_post_may_have_gone_out_is_refunded_as_interrupted(
+    start_core: Callable[..., Any], make_settings: Callable[..., Settings], gateway: FakeGateway
+) -> None:
+    job = await _claimed_by_a_dead_process(make_settings(), marked=True)
+    core = await start_core()
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.interrupted"
+    assert gateway.posts == [], "never sent a second time"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
 async def test_round_robin_between_members(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
     core = await start_core(max_jobs_global=1, max_jobs_per_member=1)
     gateway.configure("xai/grok-imagine-image", completion_delay=60)
@@ -474,16 +510,16 @@ async def test_a_cancel_racing_the_dispatchers_claim_never_reaches_the_gateway(
     core = await start_core()
     job = new_job()
     claimed, release = asyncio.Event(), asyncio.Event()
-    original = core.store.update_job
+    original = core.store.claim_jobs
 
-    async def paused_claim(job_id: str, **fields: Any) -> Any:
-        result = await original(job_id, **fields)
-        if job_id == job.id and fields.get("status") == JobStatus.SUBMITTING:
+    async def paused_claim(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        if any(j.id == job.id for j in result):
             claimed.set()  # the claim is committed; its task is not spawned yet
             await release.wait()
         return result
 
-    monkeypatch.setattr(core.store, "update_job", paused_claim)
+    monkeypatch.setattr(core.store, "claim_jobs", paused_claim)
     await core.services.jobs.submit(job, [])
     await asyncio.wait_for(claimed.wait(), 10)
     await core.services.jobs.cancel(job.id, 100)  # read the row as claimed; no task here yet

@@ -425,7 +425,7 @@ class JobService:
             for job in claimed:
                 self._last_started[(job.guild_id, job.user_id)] = job.started_at or self._clock()
                 self._positions.pop(job.id, None)
-                self._spawn(job, self._run(job, claimed=True))
+                self._spawn(job, self._run(job))
         self._schedule_positions()
 
     def _schedule_positions(self) -> None:
@@ -518,8 +518,10 @@ class JobService:
         for job in taken:
             if job.id in self._tasks:
                 continue
-            if job.status == JobStatus.QUEUED:
-                await self._store.release_job(job.id, own.process_id)  # back in line: the claim starts it
+            # Claimed but never submitted (QUEUED: claimed by a version before the claim set SUBMITTING):
+            # its POST never went out, so it goes back in line and the claim starts it.
+            if job.status == JobStatus.QUEUED or (job.status == JobStatus.SUBMITTING and job.submitted_at is None):
+                await self._store.release_job(job.id, own.process_id)
                 self._wake.set()
                 continue
             try:
@@ -570,18 +572,11 @@ class JobService:
 
     # --- one job -----------------------------------------------------------------------------------------
 
-    async def _run(self, job: JobRecord, *, resume: bool = False, claimed: bool = False) -> None:
+    async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
         """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
         set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
-            if claimed:
-                started = await self._store.update_job(
-                    job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
-                )
-                if started is None:
-                    return  # cancelled (and settled) between the claim and now
-                job = started
             images, completed_at = await self._obtain_images(job, reporter, resume=resume)
             await reporter.close()
             await self._deliver(job, images, completed_at)
@@ -619,8 +614,16 @@ class JobService:
         """The job's images, and when the gateway said an async job's were ready (None for sync)."""
         fresh = not (resume and job.operation_id)  # submitted here and now, not resumed after a restart
         if fresh:
-            # A cancel may have landed between the claim and now: never reach the gateway for it.
-            await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
+            # The claim made it SUBMITTING; from this mark on its POST may have gone out (a takeover refunds
+            # it rather than sending it twice). A cancel that landed since the claim, or a new owner, and
+            # the gateway is never reached.
+            if not await self._store.mark_submitted(job.id, self.ownership.process_id, now=self._clock()):
+                current = await self._store.get_job(job.id)
+                if current is None or current.is_terminal:
+                    raise JobCancelledError()  # settled elsewhere: settling again changes nothing
+                if current.cancel_requested and current.owner == self.ownership.process_id:
+                    raise JobCancelledError()
+                raise LeaseLostError(job.id)  # taken over (or put back in line) meanwhile: not ours to settle
             # A sync model generates while the POST is open (15-30 s for some): show the clock running,
             # and when it should be done, from its learned durations.
             began = self._clock()

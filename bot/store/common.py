@@ -686,6 +686,9 @@ class SqlStore(Store):
     async def release_job(self, job_id: str, owner: str) -> bool:
         return bool(await self._single(sql.RELEASE_JOB, {"id": job_id, "owner": owner}))
 
+    async def mark_submitted(self, job_id: str, owner: str, *, now: float) -> bool:
+        return bool(await self._single(sql.MARK_SUBMITTED, {"id": job_id, "owner": owner, "now": now}))
+
     async def request_cancel(self, job_id: str) -> bool:
         return bool(await self._single(sql.REQUEST_CANCEL, {"id": job_id}))
 
