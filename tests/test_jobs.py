@@ -409,6 +409,45 @@ async def test_a_dead_processs_job_whose_post_may_have_gone_out_is_refunded_as_i
     assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
 
 
+async def test_a_queue_longer_than_one_claim_is_started_whole_without_another_wake_up(
+    start_core: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bot.jobs.service.CLAIM_CHUNK", 2)
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    settings = make_settings()
+    async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        jobs = [
+            await services.ledger.hold_for_job(new_job("xai/grok-imagine-image", price=20, mode="async", user=u), [])
+            for u in range(5)
+        ]
+    # Queued before the start: the start's one wake-up is all the dispatcher gets (heartbeats are an hour).
+    await start_core(heartbeat_seconds=3600, job_lease_seconds=7200)
+    await gateway.wait_for_request(lambda _: len(gateway.posts) == len(jobs), timeout=10)
+
+
+async def test_with_nothing_queued_the_position_refresh_reads_no_job_rows(
+    start_core: Callable[..., Any], gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)  # running: nothing waits
+    reads: list[int] = []
+    original = core.store.active_jobs
+
+    async def counted() -> list[JobRecord]:
+        reads.append(1)
+        return await original()
+
+    monkeypatch.setattr(core.store, "active_jobs", counted)
+    await core.services.jobs._show_positions()  # what every dispatch wake-up schedules, once a second
+    assert reads == [], "no read of every active job when no reply shows a position"
+
+
 async def test_round_robin_between_members(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
     core = await start_core(max_jobs_global=1, max_jobs_per_member=1)
     gateway.configure("xai/grok-imagine-image", completion_delay=60)
