@@ -361,9 +361,12 @@ def write_dump(
 ) -> None:
     """Per job, seconds from the first command: ack, POST, ready, each poll, image (--dump, JSON lines)."""
     polls: dict[str, list[float]] = collections.defaultdict(list)
+    files: dict[str, float] = {}
     for r in gw.requests:
         if r.kind == "POLL":
             polls[r.path.rstrip("/").rsplit("/", 1)[-1]].append(r.at - started)
+        elif r.kind == "FILE":
+            files.setdefault(r.path.removeprefix("/files/").rsplit("-", 1)[0], r.at - started)
     with open(f"{path}.{label}.jsonl", "w") as out:
         for i, fi in enumerate(interactions):
             prompt = prompts[i]
@@ -374,6 +377,7 @@ def write_dump(
                 "post": posts[prompt] - started if prompt in posts else None,
                 "ready": None if op is None else op.ready_at - started,
                 "polls": [] if op is None else polls.get(op.id, []),
+                "file": None if op is None else files.get(op.id),
                 "image": final_at[i] - started if i in final_at else None,
             }
             out.write(json.dumps(row) + "\n")
