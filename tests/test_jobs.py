@@ -233,6 +233,24 @@ async def test_a_job_done_at_its_first_poll_teaches_the_time_of_that_poll_not_ha
     assert learned >= 0.4, f"learned {learned:.3f} s: the first poll came 0.5 s after submit"
 
 
+async def test_a_jobs_duration_is_learned_after_its_delivery_not_on_the_way_to_it(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    learned_before_delivery: list[int] = []
+
+    class Watching(RecordingPresenter):
+        async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
+            learned_before_delivery.append(len(await core.store.recent_durations(job.model, 5)))
+            return await super().deliver(job, delivery)
+
+    core = await start_core(presenter=Watching())
+    gateway.configure("xai/grok-imagine-image", completion_delay=0.2)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    assert (await core.presenter.wait_end(job.id)).kind == "deliver"
+    assert learned_before_delivery == [0], "the member's images did not wait for the planner's write"
+    assert len(await core.store.recent_durations("xai/grok-imagine-image", 5)) == 1, "learned once it ended"
+
+
 async def test_fewer_images_than_asked_charges_only_those(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
     core = await start_core()
     one_image = {

@@ -140,6 +140,7 @@ class JobService:
         self.ownership = ownership or Ownership(new_process_id())
         self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
         self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
+        self._to_learn: dict[str, float] = {}  # job id -> its generation's duration, recorded when it ends
         self._store = store
         self._ledger = ledger
         self._gateway = gateway
@@ -616,6 +617,20 @@ class JobService:
             self._delivering.discard(job.id)
             self._polls.pop(job.id, None)
             self._roles.forget(job.id)
+            await self._learn(job)
+
+    async def _learn(self, job: JobRecord) -> None:
+        """Record how long the job's generation took, for the poll planner, once the job is over.
+
+        Not on the way from the gateway's answer to the member: a thousand jobs finishing together would
+        each wait for this write's commit before their download."""
+        seconds = self._to_learn.pop(job.id, None)
+        if seconds is None:
+            return
+        try:
+            await self._planner.record(job.model, seconds)
+        except Exception:
+            log.warning("job id=%s: could not record its duration for the poll planner", job.id, exc_info=True)
 
     async def _obtain_images(
         self, job: JobRecord, reporter: ProgressReporter, *, resume: bool
@@ -643,7 +658,7 @@ class JobService:
                 reporter.update("submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
-                await self._planner.record(job.model, self._clock() - began)  # what the next estimate learns from
+                self._to_learn[job.id] = self._clock() - began  # what the next estimate learns from
                 return submission.images, None
             assert submission.operation_id is not None
             now = self._clock()
@@ -683,7 +698,7 @@ class JobService:
             # just after completion (every job of a model that finishes together does), and the next
             # jobs would be polled early, then, past the "usual" time, at the widest interval.
             duration = answers[0]
-        await self._planner.record(job.model, max(0.0, duration))
+        self._to_learn[job.id] = max(0.0, duration)
         completed_at = self._clock()  # stored with the DELIVERING step: one write per job fewer
         if result.images:
             return result.images, completed_at
