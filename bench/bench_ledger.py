@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import statistics
 import tempfile
@@ -132,7 +133,10 @@ async def run(
         context = multiprocessing.get_context("spawn")
         out: multiprocessing.Queue = context.Queue()
         start_at = time.time() + 3.0  # time for both to start and open their pools
-        halves = [users[i::processes] for i in range(processes)]
+        # Contiguous ranges, not every other member: one server's members in every process, each process
+        # settling into all 16 slots of the server's running totals (the worst case for row locks).
+        size = math.ceil(len(users) / processes)
+        halves = [users[i * size : (i + 1) * size] for i in range(processes)]
         workers = [
             context.Process(target=_worker, args=(bench_dsn, half, per_member, start_at, out)) for half in halves
         ]

@@ -24,6 +24,8 @@ Per burst it prints:
 - Discord: 429s the fake answered, and requests over Discord's documented limits (5 per 2 s per
   interaction token; 50 per second over all bot-token routes, which interaction routes are exempt from);
 - CPU seconds of the bot and of this process (the fakes and the driver), to tell the test's own share.
+- a timeline: when the last acknowledgement, POST, poll that saw a job done and image came, from the first
+  command (where a long wall goes).
 """
 
 from __future__ import annotations
@@ -186,6 +188,7 @@ class BurstResult:
     worst_gc_ms: float
     polls_per_job: float | None
     lag_median: float | None
+    lag_p95: float | None
     discord_429: int
     token_excess: int
     token_most: int
@@ -194,11 +197,12 @@ class BurstResult:
     bot_cpu: float
     bench_cpu: float
     wall: float
+    timeline: dict[str, float]  # seconds from the first command to the last of each step
 
     def lines(self) -> list[str]:
         ms = 1000.0
         poll = (
-            f"polls/job {self.polls_per_job:.2f}  detection lag median {self.lag_median:.2f}s"
+            f"polls/job {self.polls_per_job:.2f}  detection lag median {self.lag_median:.2f}s p95 {self.lag_p95:.2f}s"
             if self.polls_per_job is not None and self.lag_median is not None
             else "polls/job -  (sync model)"
         )
@@ -216,6 +220,8 @@ class BurstResult:
             f" per 2 s)  global bot-token {self.global_excess} (most {self.global_most} per s)",
             f"  CPU: bot {self.bot_cpu:.1f}s ({self.bot_cpu / self.wall:.0%} of a core),"
             f" fakes+driver {self.bench_cpu:.1f}s ({self.bench_cpu / self.wall:.0%})",
+            "  timeline (s after the first command, last of each): "
+            + "  ".join(f"{step} {at:.2f}" for step, at in self.timeline.items()),
         ]
 
 
@@ -231,6 +237,7 @@ async def run_burst(
     generation: float,
     sync: bool,
     timeout: float,  # noqa: ASYNC109 - seconds past the generation to wait for the last image
+    dump: str = "",
 ) -> BurstResult:
     """Send `n` /imagine commands at once and measure until every reply has its image (or failed)."""
     bot.reset_peak_rss()
@@ -271,9 +278,12 @@ async def run_burst(
     posts = {r.json.get("prompt"): r.at for r in gw.requests if r.kind == "POST" and isinstance(r.json, dict)}
     operations: dict[str, Operation] = {op.prompt: op for op in gw.operations.values()}
     admission, overhead, polls, lags = [], [], [], []
+    acks, seen = [], []
     for i, fi in enumerate(interactions):
         prompt = prompts[i]
         ack = next((r.at for r in fi.requests if r.route.endswith("/callback")), None)
+        if ack is not None:
+            acks.append(ack - started)
         if ack is not None and prompt in posts:
             admission.append(posts[prompt] - ack)
         op = operations.get(prompt)
@@ -281,10 +291,13 @@ async def run_burst(
             polls.append(op.polls)
             if op.first_seen_done_at is not None:
                 lags.append(op.first_seen_done_at - op.ready_at)
+                seen.append(op.first_seen_done_at - started)
         if i in final_at:
             answered = posts[prompt] + generation if sync else (op.first_seen_done_at if op else None)
             if answered is not None:
                 overhead.append(final_at[i] - answered)
+    if dump:
+        write_dump(dump, label, started, prompts, interactions, posts, operations, gw, final_at)
     burst_requests = fd.requests[first_discord_request:]
     by_token: dict[str, list[float]] = collections.defaultdict(list)
     global_times: list[float] = []
@@ -299,6 +312,11 @@ async def run_burst(
         token_excess += excess
         token_most = max(token_most, most)
     global_excess, global_most = over_limit(global_times, 1.0, 50)
+    if global_excess:
+        routes = collections.Counter(
+            f"{r.method} {r.route}" for r in burst_requests if not r.route.startswith(("/webhooks/", "/interactions/"))
+        )
+        print("  bot-token routes in the burst: " + ", ".join(f"{route} x{n}" for route, n in routes.most_common(4)))
     return BurstResult(
         label=label,
         n=n,
@@ -312,6 +330,7 @@ async def run_burst(
         worst_gc_ms=gc_pause,
         polls_per_job=statistics.fmean(polls) if polls else None,
         lag_median=statistics.median(lags) if lags else None,
+        lag_p95=quantile(lags, 0.95) if lags else None,
         discord_429=sum(1 for r in burst_requests if r.status == 429),
         token_excess=token_excess,
         token_most=token_most,
@@ -320,7 +339,48 @@ async def run_burst(
         bot_cpu=bot_cpu,
         bench_cpu=bench_cpu,
         wall=wall,
+        timeline={
+            "ack": max(acks, default=float("nan")),
+            "POST": max((posts[p] - started for p in prompts if p in posts), default=float("nan")),
+            "seen done": max(seen, default=float("nan")),
+            "image": wall,
+        },
     )
+
+
+def write_dump(
+    path: str,
+    label: str,
+    started: float,
+    prompts: list[str],
+    interactions: list[FakeInteraction],
+    posts: dict[str, float],
+    operations: dict[str, Operation],
+    gw: FakeGateway,
+    final_at: dict[int, float],
+) -> None:
+    """Per job, seconds from the first command: ack, POST, ready, each poll, image (--dump, JSON lines)."""
+    polls: dict[str, list[float]] = collections.defaultdict(list)
+    files: dict[str, float] = {}
+    for r in gw.requests:
+        if r.kind == "POLL":
+            polls[r.path.rstrip("/").rsplit("/", 1)[-1]].append(r.at - started)
+        elif r.kind == "FILE":
+            files.setdefault(r.path.removeprefix("/files/").rsplit("-", 1)[0], r.at - started)
+    with open(f"{path}.{label}.jsonl", "w") as out:
+        for i, fi in enumerate(interactions):
+            prompt = prompts[i]
+            op = operations.get(prompt)
+            ack = next((r.at for r in fi.requests if r.route.endswith("/callback")), None)
+            row = {
+                "ack": None if ack is None else ack - started,
+                "post": posts[prompt] - started if prompt in posts else None,
+                "ready": None if op is None else op.ready_at - started,
+                "polls": [] if op is None else polls.get(op.id, []),
+                "file": None if op is None else files.get(op.id),
+                "image": final_at[i] - started if i in final_at else None,
+            }
+            out.write(json.dumps(row) + "\n")
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -371,6 +431,7 @@ async def main(args: argparse.Namespace) -> None:
                         generation=args.generation,
                         sync=sync,
                         timeout=args.timeout,
+                        dump=args.dump,
                     )
                     for line in result.lines():
                         print(line)
@@ -387,6 +448,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=ASYNC_MODEL)
     parser.add_argument("--warmup", type=int, default=20, help="jobs run first to give the poll planner history")
     parser.add_argument("--keep-log", default="", help="run the bot in this directory and keep its log there")
+    parser.add_argument("--dump", default="", help="write per-job timings to DUMP.<burst>.jsonl")
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds past the generation to wait")
     return parser.parse_args(argv)
 

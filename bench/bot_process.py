@@ -144,6 +144,23 @@ async def main() -> None:
         loop = asyncio.get_running_loop()
         loop.set_debug(True)
         loop.slow_callback_duration = float(os.environ["BENCH_SLOW_CALLBACK_MS"]) / 1000
+    # Experiments only (what a change outside the bot's job code would buy; every figure in bench/README.md
+    # says when one was set): the collector's thresholds, and a cap on discord.py's connections (it opens
+    # one per concurrent request, limit=0).
+    if os.environ.get("BENCH_GC_THRESHOLD"):
+        gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
+    if os.environ.get("BENCH_DISCORD_CONNECTIONS"):
+        import aiohttp
+
+        original_login = discord.http.HTTPClient.static_login
+        limit = int(os.environ["BENCH_DISCORD_CONNECTIONS"])
+
+        async def static_login(self: discord.http.HTTPClient, token: str) -> object:
+            if self.connector is discord.utils.MISSING:
+                self.connector = aiohttp.TCPConnector(limit=limit)
+            return await original_login(self, token)
+
+        discord.http.HTTPClient.static_login = static_login  # type: ignore[method-assign]
     import faulthandler
 
     faulthandler.register(signal.SIGUSR2, all_threads=True)  # `kill -USR2 PID`: every thread's stack to the log

@@ -190,11 +190,15 @@ async def launch_job(
             reply: discord.Message | discord.WebhookMessage = await interaction.followup.send(
                 text("status.submitting", locale), wait=True, allowed_mentions=NO_MENTIONS
             )
+            reply_id = reply.id
         else:
-            await interaction.response.defer(thinking=True)
-            reply = await interaction.original_response()
+            callback = await interaction.response.defer(thinking=True)
+            # The callback's answer names the "thinking" message: no request of its own to learn its id
+            # (asking for it was one Discord request per job, on the way from acknowledgement to start).
+            message_id = callback.message_id if callback is not None else None
+            reply_id = message_id if message_id is not None else (await interaction.original_response()).id
     except discord.HTTPException:
         log.warning("could not acknowledge job %s; cancelling it", job.id, exc_info=True)
         await services.jobs.cancel(job.id, interaction.user.id)
         raise
-    await services.jobs.attach_reply(job.id, reply.id)
+    await services.jobs.attach_reply(job.id, reply_id)

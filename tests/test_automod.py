@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -101,3 +102,27 @@ async def test_rules_discord_cannot_give_are_skipped_for_that_prompt_and_not_cac
     await checker.check(1, "a dragon", failing)
     await checker.check(1, "a dragon", failing)
     assert len(calls) == 2 and checker.status(1) == "unknown"
+
+
+async def test_checks_arriving_together_with_an_empty_cache_read_the_rules_once() -> None:
+    """A burst of /imagine in a server whose rules are not cached asks Discord once, not once per command
+    (each read is a bot-token request, and Discord allows 50 a second over all of them)."""
+    checker = AutoModChecker()
+    calls: list[int] = []
+    release = asyncio.Event()
+
+    async def fetch() -> list[dict[str, Any]] | None:
+        calls.append(1)
+        await release.wait()
+        return [rule(keyword_filter=["dragon"])]
+
+    checks = [asyncio.ensure_future(checker.check(1, f"a dragon {n}", fetch)) for n in range(20)]
+    checks.append(asyncio.ensure_future(checker.check(1, "a fox", fetch)))
+    await asyncio.sleep(0)
+    checks[0].cancel()  # a caller that goes away does not cut the read the others wait for
+    release.set()
+    results = await asyncio.gather(*checks, return_exceptions=True)
+    assert len(calls) == 1
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(isinstance(r, AutoModBlockedError) for r in results[1:20]) and results[20] is None
+    assert checker.status(1) == "active"

@@ -26,7 +26,7 @@ from bot.jobs.service import Delivery
 from bot.services import Services
 from bot.store import open_store
 from bot.store.base import Store
-from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob
+from bot.store.records import EntryKind, JobRecord, JobStatus, NewJob, RunLimits
 from tests.factories import make_job
 from tests.fakes.fake_gateway import FakeGateway, Reply
 
@@ -218,6 +218,39 @@ async def test_async_job_is_polled_then_downloaded(start_core: Callable[..., Any
     assert stored.started_at <= stored.submitted_at <= stored.completed_at  # stamped with the DELIVERING step
 
 
+async def test_a_job_done_at_its_first_poll_teaches_the_time_of_that_poll_not_half_of_it(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    # No history: the first poll comes at a twentieth of the default expectation (10 s here, so 0.5 s). The
+    # operation is complete long before: all that poll tells is "at most 0.5 s". Learning the midpoint
+    # (0.25 s) would make the next jobs of the model poll early, then at the widest interval.
+    core = await start_core(poll_default_expected_seconds=10.0)
+    gateway.configure("xai/grok-imagine-image", completion_delay=0.0)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    assert (await core.presenter.wait_end(job.id)).kind == "deliver"
+    assert len(gateway.polls) == 1, "found done at its first poll"
+    [learned] = await core.store.recent_durations("xai/grok-imagine-image", 5)
+    assert learned >= 0.4, f"learned {learned:.3f} s: the first poll came 0.5 s after submit"
+
+
+async def test_a_jobs_duration_is_learned_after_its_delivery_not_on_the_way_to_it(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    learned_before_delivery: list[int] = []
+
+    class Watching(RecordingPresenter):
+        async def deliver(self, job: JobRecord, delivery: Delivery) -> int:
+            learned_before_delivery.append(len(await core.store.recent_durations(job.model, 5)))
+            return await super().deliver(job, delivery)
+
+    core = await start_core(presenter=Watching())
+    gateway.configure("xai/grok-imagine-image", completion_delay=0.2)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    assert (await core.presenter.wait_end(job.id)).kind == "deliver"
+    assert learned_before_delivery == [0], "the member's images did not wait for the planner's write"
+    assert len(await core.store.recent_durations("xai/grok-imagine-image", 5)) == 1, "learned once it ended"
+
+
 async def test_fewer_images_than_asked_charges_only_those(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
     core = await start_core()
     one_image = {
@@ -358,6 +391,81 @@ async def test_restart_before_posting_an_async_result_fetches_it_again(
     assert await entries(second.store, job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
 
 
+async def _claimed_by_a_dead_process(settings: Settings, *, marked: bool) -> JobRecord:
+    """A job claimed by a process that died an hour ago, before (or just after) marking it submitted."""
+    long_ago = time.time() - 3600
+    async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        job = await services.ledger.hold_for_job(new_job(), [])
+        await store.heartbeat("dead", [], "1", now=long_ago)
+        limits = RunLimits(per_member=10, per_guild=10, global_limit=10)
+        [claimed] = await store.claim_jobs("dead", limits, lease_seconds=30, now=long_ago)
+        if marked:
+            assert await store.mark_submitted(job.id, "dead", now=long_ago)
+        return claimed
+
+
+async def test_a_dead_processs_claimed_unsubmitted_job_goes_back_in_line_and_is_delivered(
+    start_core: Callable[..., Any], make_settings: Callable[..., Settings], gateway: FakeGateway
+) -> None:
+    job = await _claimed_by_a_dead_process(make_settings(), marked=False)
+    core = await start_core()  # takes the dead process's job over
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "deliver", "its POST never went out: run, not refunded as interrupted"
+    assert len(gateway.posts) == 1
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.CAPTURE: 39}
+
+
+async def test_a_dead_processs_job_whose_post_may_have_gone_out_is_refunded_as_interrupted(
+    start_core: Callable[..., Any], make_settings: Callable[..., Settings], gateway: FakeGateway
+) -> None:
+    job = await _claimed_by_a_dead_process(make_settings(), marked=True)
+    core = await start_core()
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.interrupted"
+    assert gateway.posts == [], "never sent a second time"
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
+
+
+async def test_a_queue_longer_than_one_claim_is_started_whole_without_another_wake_up(
+    start_core: Callable[..., Any],
+    make_settings: Callable[..., Settings],
+    gateway: FakeGateway,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("bot.jobs.service.CLAIM_CHUNK", 2)
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    settings = make_settings()
+    async with aiohttp.ClientSession() as session, open_store(settings.database_url) as store:
+        services = Services.build(settings, session, store)
+        jobs = [
+            await services.ledger.hold_for_job(new_job("xai/grok-imagine-image", price=20, mode="async", user=u), [])
+            for u in range(5)
+        ]
+    # Queued before the start: the start's one wake-up is all the dispatcher gets (heartbeats are an hour).
+    await start_core(heartbeat_seconds=3600, job_lease_seconds=7200)
+    await gateway.wait_for_request(lambda _: len(gateway.posts) == len(jobs), timeout=10)
+
+
+async def test_with_nothing_queued_the_position_refresh_reads_no_job_rows(
+    start_core: Callable[..., Any], gateway: FakeGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)  # running: nothing waits
+    reads: list[int] = []
+    original = core.store.active_jobs
+
+    async def counted() -> list[JobRecord]:
+        reads.append(1)
+        return await original()
+
+    monkeypatch.setattr(core.store, "active_jobs", counted)
+    await core.services.jobs._show_positions()  # what every dispatch wake-up schedules, once a second
+    assert reads == [], "no read of every active job when no reply shows a position"
+
+
 async def test_round_robin_between_members(start_core: Callable[..., Any], gateway: FakeGateway) -> None:
     core = await start_core(max_jobs_global=1, max_jobs_per_member=1)
     gateway.configure("xai/grok-imagine-image", completion_delay=60)
@@ -459,16 +567,16 @@ async def test_a_cancel_racing_the_dispatchers_claim_never_reaches_the_gateway(
     core = await start_core()
     job = new_job()
     claimed, release = asyncio.Event(), asyncio.Event()
-    original = core.store.update_job
+    original = core.store.claim_jobs
 
-    async def paused_claim(job_id: str, **fields: Any) -> Any:
-        result = await original(job_id, **fields)
-        if job_id == job.id and fields.get("status") == JobStatus.SUBMITTING:
+    async def paused_claim(*args: Any, **kwargs: Any) -> Any:
+        result = await original(*args, **kwargs)
+        if any(j.id == job.id for j in result):
             claimed.set()  # the claim is committed; its task is not spawned yet
             await release.wait()
         return result
 
-    monkeypatch.setattr(core.store, "update_job", paused_claim)
+    monkeypatch.setattr(core.store, "claim_jobs", paused_claim)
     await core.services.jobs.submit(job, [])
     await asyncio.wait_for(claimed.wait(), 10)
     await core.services.jobs.cancel(job.id, 100)  # read the row as claimed; no task here yet

@@ -259,3 +259,44 @@ async def test_the_default_model_and_its_denial_never_both_pass(shared_stores: t
         assert len(refused) == 1, outcomes
     policy = await first.get_policy(G)
     assert policy.default_model is None or policy.is_model_allowed(policy.default_model)
+
+
+async def test_a_claim_is_submitting_until_marked_and_only_its_owner_marks_it_once(
+    shared_stores: tuple[Store, Store],
+) -> None:
+    first, second = shared_stores
+    await first.create_job_with_hold(job("m"), _unlimited(), now=NOW)
+    [claimed] = await first.claim_jobs("a", WIDE, lease_seconds=30, now=NOW)
+    assert (claimed.status, claimed.submitted_at) == (JobStatus.SUBMITTING, None), "claimed, not submitted yet"
+    assert await second.mark_submitted("m", "b", now=NOW + 1) is False, "not the owner"
+    assert await first.mark_submitted("m", "a", now=NOW + 1) is True
+    assert await first.mark_submitted("m", "a", now=NOW + 2) is False, "once"
+    marked = await second.get_job("m")
+    assert marked is not None and marked.submitted_at == NOW + 1
+
+
+async def test_a_cancel_before_the_mark_keeps_the_post_from_going_out(shared_stores: tuple[Store, Store]) -> None:
+    first, second = shared_stores
+    await first.create_job_with_hold(job("c"), _unlimited(), now=NOW)
+    await first.claim_jobs("a", WIDE, lease_seconds=30, now=NOW)
+    assert await second.request_cancel("c") is True
+    assert await first.mark_submitted("c", "a", now=NOW + 1) is False
+
+
+async def test_a_released_claim_goes_back_in_line_a_submitted_job_stays_started(
+    shared_stores: tuple[Store, Store],
+) -> None:
+    first, second = shared_stores
+    for name in ("unsent", "sent"):
+        await first.create_job_with_hold(job(name), _unlimited(), now=NOW)
+    await first.claim_jobs("a", WIDE, lease_seconds=30, now=NOW)
+    assert await first.mark_submitted("sent", "a", now=NOW + 1) is True
+    for name in ("unsent", "sent"):
+        assert await first.release_job(name, "a") is True
+    unsent, sent = await second.get_job("unsent"), await second.get_job("sent")
+    assert unsent is not None and (unsent.status, unsent.owner) == (JobStatus.QUEUED, None)
+    assert sent is not None and (sent.status, sent.owner) == (JobStatus.SUBMITTING, None), "its POST may be out"
+    [again] = await second.claim_jobs("b", WIDE, lease_seconds=30, now=NOW + 2)
+    assert again.id == "unsent"
+    taken = await second.take_over_jobs("b", lease_seconds=30, alive_seconds=15, now=NOW + 2)
+    assert [j.id for j in taken] == ["sent"], "a taker resumes (refunds) the one whose POST may be out"

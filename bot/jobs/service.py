@@ -50,6 +50,9 @@ UNACKNOWLEDGED_AFTER = 60.0  # seconds a held job may wait for its reply message
 STOP_STEP_TIMEOUT = 0.5  # seconds each shutdown step may take once the grace time is over
 ESTIMATE_STEP = 5.0  # estimated starts are shown rounded to this many seconds (no edit for a smaller drift)
 DISPATCH_GATHER_SECONDS = 0.02  # wake-ups within this long share one claim
+# Jobs claimed at once, at most: a claim's rows become records in one turn of the event loop (~40 µs each),
+# and its jobs take their first steps together in the next. A full claim asks for the next one at once.
+CLAIM_CHUNK = 100
 RELEASE_TIMEOUT = 2.0  # seconds a shutdown may spend giving its unfinished jobs back to the other processes
 
 
@@ -137,6 +140,7 @@ class JobService:
         self.ownership = ownership or Ownership(new_process_id())
         self.hooks = hooks or JobHooks()  # the operator's side: kill switch, metrics, alerts (bot.ops)
         self._polls: dict[str, tuple[int, float | None]] = {}  # job id -> (answered polls, detection lag)
+        self._to_learn: dict[str, float] = {}  # job id -> its generation's duration, recorded when it ends
         self._store = store
         self._ledger = ledger
         self._gateway = gateway
@@ -420,12 +424,14 @@ class JobService:
                 self._run_limits,
                 lease_seconds=self.ownership.lease_seconds,
                 now=self._clock(),
-                most=free,
+                most=min(free, CLAIM_CHUNK),
             )
+            if len(claimed) == min(free, CLAIM_CHUNK) < free:
+                self._wake.set()  # there may be more to claim: the next chunk, once these have started
             for job in claimed:
                 self._last_started[(job.guild_id, job.user_id)] = job.started_at or self._clock()
                 self._positions.pop(job.id, None)
-                self._spawn(job, self._run(job, claimed=True))
+                self._spawn(job, self._run(job))
         self._schedule_positions()
 
     def _schedule_positions(self) -> None:
@@ -446,6 +452,10 @@ class JobService:
             log.warning("could not refresh the queue's positions", exc_info=True)
 
     async def _show_positions(self) -> None:
+        # One count first: when nothing waits (a burst's every job running), no read of every active row
+        # (1,000 records made in one turn of the loop, each second of the burst).
+        if not (await self._store.job_counts()).get(JobStatus.QUEUED):
+            return
         active = await self._store.active_jobs()
         queued = [j for j in active if j.status == JobStatus.QUEUED and not j.owner and j.reply_message_id]
         if not queued:
@@ -518,8 +528,10 @@ class JobService:
         for job in taken:
             if job.id in self._tasks:
                 continue
-            if job.status == JobStatus.QUEUED:
-                await self._store.release_job(job.id, own.process_id)  # back in line: the claim starts it
+            # Claimed but never submitted (QUEUED: claimed by a version before the claim set SUBMITTING):
+            # its POST never went out, so it goes back in line and the claim starts it.
+            if job.status == JobStatus.QUEUED or (job.status == JobStatus.SUBMITTING and job.submitted_at is None):
+                await self._store.release_job(job.id, own.process_id)
                 self._wake.set()
                 continue
             try:
@@ -570,18 +582,11 @@ class JobService:
 
     # --- one job -----------------------------------------------------------------------------------------
 
-    async def _run(self, job: JobRecord, *, resume: bool = False, claimed: bool = False) -> None:
+    async def _run(self, job: JobRecord, *, resume: bool = False) -> None:
         """Take a claimed job to its end. Cancellation by shutdown leaves the row for recovery."""
         set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
-            if claimed:
-                started = await self._store.update_job(
-                    job.id, expect=[JobStatus.QUEUED], status=JobStatus.SUBMITTING, started_at=self._clock()
-                )
-                if started is None:
-                    return  # cancelled (and settled) between the claim and now
-                job = started
             images, completed_at = await self._obtain_images(job, reporter, resume=resume)
             await reporter.close()
             await self._deliver(job, images, completed_at)
@@ -612,14 +617,37 @@ class JobService:
             self._delivering.discard(job.id)
             self._polls.pop(job.id, None)
             self._roles.forget(job.id)
+            await self._learn(job)
+
+    async def _learn(self, job: JobRecord) -> None:
+        """Record how long the job's generation took, for the poll planner, once the job is over.
+
+        Not on the way from the gateway's answer to the member: a thousand jobs finishing together would
+        each wait for this write's commit before their download."""
+        seconds = self._to_learn.pop(job.id, None)
+        if seconds is None:
+            return
+        try:
+            await self._planner.record(job.model, seconds)
+        except Exception:
+            log.warning("job id=%s: could not record its duration for the poll planner", job.id, exc_info=True)
 
     async def _obtain_images(
         self, job: JobRecord, reporter: ProgressReporter, *, resume: bool
     ) -> tuple[list[ImageData], float | None]:
         """The job's images, and when the gateway said an async job's were ready (None for sync)."""
-        if not (resume and job.operation_id):
-            # A cancel may have landed between the claim and now: never reach the gateway for it.
-            await self._check_not_cancelled(job.id, JobStatus.SUBMITTING)
+        fresh = not (resume and job.operation_id)  # submitted here and now, not resumed after a restart
+        if fresh:
+            # The claim made it SUBMITTING; from this mark on its POST may have gone out (a takeover refunds
+            # it rather than sending it twice). A cancel that landed since the claim, or a new owner, and
+            # the gateway is never reached.
+            if not await self._store.mark_submitted(job.id, self.ownership.process_id, now=self._clock()):
+                current = await self._store.get_job(job.id)
+                if current is None or current.is_terminal:
+                    raise JobCancelledError()  # settled elsewhere: settling again changes nothing
+                if current.cancel_requested and current.owner == self.ownership.process_id:
+                    raise JobCancelledError()
+                raise LeaseLostError(job.id)  # taken over (or put back in line) meanwhile: not ours to settle
             # A sync model generates while the POST is open (15-30 s for some): show the clock running,
             # and when it should be done, from its learned durations.
             began = self._clock()
@@ -630,7 +658,7 @@ class JobService:
                 reporter.update("submitting")
             submission = await self._gateway.submit(job.model, job.prompt, job.params)
             if submission.images is not None:
-                await self._planner.record(job.model, self._clock() - began)  # what the next estimate learns from
+                self._to_learn[job.id] = self._clock() - began  # what the next estimate learns from
                 return submission.images, None
             assert submission.operation_id is not None
             now = self._clock()
@@ -650,8 +678,10 @@ class JobService:
         ends_at = submitted_at + schedule.expected if schedule.spread is not None else None  # None: no history
         reporter.update("generating", elapsed=max(0.0, self._clock() - submitted_at), ends_at=ends_at)
         job_id = job.id
+        answers: list[float] = []  # when each poll of this wait was answered, seconds since submit
 
-        async def after_poll(_: float) -> None:
+        async def after_poll(answered: float) -> None:
+            answers.append(answered)
             self._polls[job_id] = (self._polls.get(job_id, (0, None))[0] + 1, None)
             await self._check_not_cancelled(job_id)  # a cancel from another process
 
@@ -662,7 +692,13 @@ class JobService:
         duration = result.finished_after if result.finished_after is not None else self._clock() - submitted_at
         lag = max(0.0, self._clock() - submitted_at - duration) if result.finished_after is not None else None
         self._polls[job.id] = (self._polls.get(job.id, (0, None))[0], lag)
-        await self._planner.record(job.model, max(0.0, duration))
+        if fresh and len(answers) == 1:
+            # Done at its first look: all we know is that it took at most that long. The gateway's midpoint
+            # of (submit, first poll] would teach the schedule half the duration when the first poll lands
+            # just after completion (every job of a model that finishes together does), and the next
+            # jobs would be polled early, then, past the "usual" time, at the widest interval.
+            duration = answers[0]
+        self._to_learn[job.id] = max(0.0, duration)
         completed_at = self._clock()  # stored with the DELIVERING step: one write per job fewer
         if result.images:
             return result.images, completed_at

@@ -190,7 +190,8 @@ class Store(ABC):
         self, owner: str, limits: RunLimits, *, lease_seconds: float, now: float, most: int = 100
     ) -> list[JobRecord]:
         """Claim up to `most` QUEUED unowned acknowledged jobs for `owner`, leased until now + lease_seconds
-        (their `started_at` is set to `now`).
+        (their `started_at` is set to `now`). A claimed job is SUBMITTING with `submitted_at` None: claimed,
+        not submitted yet, until `mark_submitted`.
 
         One atomic step across every process: jobs already owned (not terminal) count against
         limits.per_member, per_guild and global_limit, and the claim never exceeds them. Members take
@@ -215,7 +216,14 @@ class Store(ABC):
 
     @abstractmethod
     async def release_job(self, job_id: str, owner: str) -> bool:
-        """Give back an unfinished job `owner` holds (say, on shutdown), so another process may claim it."""
+        """Give back an unfinished job `owner` holds (say, on shutdown), so another process may claim it.
+        One claimed but not submitted yet goes back in line (QUEUED); any other is left for a taker."""
+
+    @abstractmethod
+    async def mark_submitted(self, job_id: str, owner: str, *, now: float) -> bool:
+        """Record, just before its POST, that a claimed job's request may reach the gateway from now on
+        (`submitted_at`). False, and nothing written, when `owner` no longer holds it, it is not a claimed
+        unsubmitted job any more, or a cancel was requested: then the POST must not be sent."""
 
     @abstractmethod
     async def request_cancel(self, job_id: str) -> bool:

@@ -260,7 +260,10 @@ WITH running AS (
 ), ranked AS (
     SELECT id, ROW_NUMBER() OVER (ORDER BY turn, last_start, asked, created_at, seq) AS place FROM guild_ok
 )
-UPDATE jobs SET owner = :owner, lease_expires_at = :lease_until, started_at = :now
+-- Claimed is SUBMITTING at once (no write of its own per job), with submitted_at still NULL: "claimed, not
+-- submitted yet", which MARK_SUBMITTED ends just before the POST. Given back or taken over before that,
+-- the job goes back in line; after it, its POST may have gone out.
+UPDATE jobs SET owner = :owner, lease_expires_at = :lease_until, started_at = :now, status = 'submitting'
 WHERE status = 'queued' AND owner IS NULL AND id IN (
     SELECT r.id FROM ranked AS r, total_running AS t
     WHERE r.place <= :most AND r.place + t.n <= :global_limit
@@ -284,9 +287,18 @@ WHERE status IN {ACTIVE_SQL} AND (
 )
 RETURNING *
 """
+# A job claimed but not submitted yet goes back in line (queued, claimable by anyone); any other stays as
+# it is, unowned, for a taker to resume.
 RELEASE_JOB = f"""
-UPDATE jobs SET owner = NULL, lease_expires_at = NULL
+UPDATE jobs SET owner = NULL, lease_expires_at = NULL,
+    status = CASE WHEN status = 'submitting' AND submitted_at IS NULL THEN 'queued' ELSE status END
 WHERE id = :id AND owner = :owner AND status IN {ACTIVE_SQL}
+RETURNING id
+"""
+# The last step before a job's POST: only its owner, only once, never after a cancel was asked for.
+MARK_SUBMITTED = """
+UPDATE jobs SET submitted_at = :now
+WHERE id = :id AND owner = :owner AND status = 'submitting' AND submitted_at IS NULL AND cancel_requested = 0
 RETURNING id
 """
 REQUEST_CANCEL = f"UPDATE jobs SET cancel_requested = 1 WHERE id = :id AND status IN {ACTIVE_SQL} RETURNING id"

@@ -40,9 +40,8 @@ import logging
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -57,6 +56,7 @@ from bot.store.common import (
     job_from_row,
     load_migrations,
 )
+from bot.store.group_commit import GroupCommit, NotStarted, Op
 from bot.store.records import JobRecord
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 BUSY_TIMEOUT_SECONDS = 10.0
-MAX_BATCH = 500
 QUERIES = sql.Queries(sql.SQLITE)
 
 __all__ = ["DURATIONS_KEPT_PER_MODEL", "SqliteStore", "_load_migrations", "_split_statements"]
@@ -97,26 +96,11 @@ def _consume_exception(task: asyncio.Task[Any]) -> None:
         log.debug("transaction of a cancelled caller failed: %r", task.exception())
 
 
-MAX_BATCH = 500
-
-
-class _BeginError(Exception):
-    """BEGIN IMMEDIATE failed (the file stayed locked past the busy timeout): nothing was tried."""
-
-    def __init__(self, error: sqlite3.Error) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
-@dataclass(eq=False)
-class _Op:
-    """A hold, a settlement or a single-statement write waiting for the next group commit."""
-
-    kind: Literal["hold", "finish", "single"]
-    values: dict[str, Any]
-    request: HoldRequest | None = None
-    statement: str = ""  # kind "single": the statement, run with `values`
-    future: asyncio.Future[Any] = field(init=False)
+def _alone_error(op: Op, exc: Exception) -> Exception:
+    """A hold applied alone that hit the jobs' primary key is a duplicate job id."""
+    if op.kind == "hold" and isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+        return DuplicateJobError(f"job {op.values['id']} already exists")
+    return exc
 
 
 class _SqliteTx:
@@ -143,8 +127,7 @@ class SqliteStore(SqlStore):
         self._db: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
-        self._batch: list[_Op] = []
-        self._flusher: asyncio.Task[None] | None = None
+        self._group = GroupCommit(self._apply, alone_error=_alone_error, gate=lambda: self._lock)
 
     @property
     def path(self) -> str:
@@ -174,8 +157,7 @@ class SqliteStore(SqlStore):
     async def close(self) -> None:
         if self._db is None:
             return
-        while self._flusher is not None and not self._flusher.done():
-            await asyncio.shield(self._flusher)  # submitted holds and settlements are applied, not dropped
+        await self._group.drain()  # submitted holds and settlements are applied, not dropped
         async with self._lock:  # waits for the transaction in progress, if any
             if self._reader is not None:
                 await self._reader.close()
@@ -251,7 +233,7 @@ class SqliteStore(SqlStore):
 
     async def _single(self, statement: str, params: Mapping[str, Any]) -> list[Any]:
         """One write statement, atomic on its own, applied with the next group commit; its rows."""
-        rows: list[Any] = await self._submit(_Op(kind="single", values=dict(params), statement=statement))
+        rows: list[Any] = await self._submit(Op(kind="single", values=dict(params), statement=statement))
         return rows
 
     @staticmethod
@@ -267,66 +249,21 @@ class SqliteStore(SqlStore):
                 raise result
         return results
 
-    # --- group commit of holds and settlements -------------------------------------------------------------
+    # --- group commit of holds, settlements and single writes (bot/store/group_commit.py) ----------------
 
-    async def _submit(self, op: _Op) -> Any:
+    async def _submit(self, op: Op) -> Any:
         if self._db is None:
             raise RuntimeError("the store is not open")
-        op.future = asyncio.get_running_loop().create_future()
-        self._batch.append(op)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush())
-        # Cancelling the caller cancels only its wait: the operation is queued and will be applied.
-        return await op.future
+        return await self._group.submit(op)
 
-    async def _flush(self) -> None:
-        while self._batch:
-            batch: list[_Op] = []
-            try:
-                async with self._lock:
-                    batch, self._batch = self._batch[:MAX_BATCH], self._batch[MAX_BATCH:]
-                    outcomes = await self._apply_or_split(batch)
-            except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
-                failed, self._batch = batch + self._batch, []
-                for op in failed:
-                    if not op.future.done():
-                        op.future.set_exception(
-                            RuntimeError(
-                                f"the store was stopped while applying this ({exc!r}); see active_jobs after restart"
-                            )
-                        )
-                raise
-            for op, outcome in zip(batch, outcomes, strict=True):
-                if op.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    op.future.set_exception(outcome)
-                else:
-                    op.future.set_result(outcome)
-
-    async def _apply_or_split(self, batch: list[_Op]) -> list[Any]:
-        try:
-            return await self._apply(batch)
-        except _BeginError as exc:
-            return [exc.error] * len(batch)
-        except Exception as exc:  # every failure goes back to its callers
-            if len(batch) == 1:
-                if batch[0].kind == "hold" and isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
-                    return [DuplicateJobError(f"job {batch[0].values['id']} already exists")]
-                return [exc]
-            log.warning("a batch of %d writes failed (%r); applying them one by one", len(batch), exc)
-            outcomes: list[Any] = []
-            for op in batch:
-                outcomes.extend(await self._apply_or_split([op]))
-            return outcomes
-
-    async def _apply(self, batch: list[_Op]) -> list[Any]:
-        """Apply `batch` in one transaction; each op's result or error, in order. Raises on failure."""
+    async def _apply(self, batch: list[Op]) -> list[Any]:
+        """Apply `batch` in one transaction (the caller holds the write lock); each op's result or error,
+        in order. Raises on failure."""
         db = self._conn
         try:
             await db.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
-            raise _BeginError(exc) from exc
+            raise NotStarted(exc) from exc
         try:
             outcomes = await self._apply_in_transaction(db, batch)
             await db.commit()
@@ -336,7 +273,7 @@ class SqliteStore(SqlStore):
                 await db.rollback()
             raise
 
-    async def _apply_in_transaction(self, db: aiosqlite.Connection, batch: list[_Op]) -> list[Any]:
+    async def _apply_in_transaction(self, db: aiosqlite.Connection, batch: list[Op]) -> list[Any]:
         finishes = [op for op in batch if op.kind == "finish"]
         holds = [op for op in batch if op.kind == "hold"]
         singles = [op for op in batch if op.kind == "single"]
@@ -404,9 +341,9 @@ class SqliteStore(SqlStore):
     # --- holds and settlements go through the group commit -----------------------------------------------
 
     async def _hold(self, request: HoldRequest) -> JobRecord:
-        return await self._submit(_Op(kind="hold", values=request.values, request=request))
+        return await self._submit(Op(kind="hold", values=request.values, request=request))
 
     async def _finish(self, values: dict[str, Any]) -> JobRecord | None:
-        return await self._submit(_Op(kind="finish", values=values))
+        return await self._submit(Op(kind="finish", values=values))
 
 

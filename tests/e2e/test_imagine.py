@@ -54,6 +54,15 @@ async def test_async_model_is_polled_downloaded_and_delivered(running: World) ->
     assert await running.ledger_of(job.id) == {EntryKind.HOLD: 20, EntryKind.CAPTURE: 20}
 
 
+async def test_the_reply_id_comes_from_the_acknowledgement_not_a_request_of_its_own(running: World) -> None:
+    fi = await running.imagine("a quiet harbour", model="gemini-2.5-flash-image")
+    message = await running.finished(fi)
+    job = await running.job_of(fi)
+    assert job.reply_message_id == message.id
+    asked = [r for r in fi.requests if r.method == "GET" and r.route.startswith("/webhooks/")]
+    assert asked == [], "the callback's answer names the reply: no GET of the message on the way to the start"
+
+
 async def test_images_beyond_the_memory_budget_are_uploaded_from_disk(world: World) -> None:
     """With no memory budget every image waits in a temporary file; the member gets the exact bytes."""
     await world.start(image_memory_budget_bytes=0)

@@ -7,6 +7,7 @@ and `status` says so for /server show.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -42,19 +43,43 @@ class AutoModChecker:
         self._ttl = ttl
         self._clock = clock
         self._cache: dict[int, _Cached] = {}
+        self._fetching: dict[int, asyncio.Task[list[KeywordRule] | None]] = {}
+        self._generation: dict[int, int] = {}  # bumped by `forget`: a read begun before it is not cached
 
     async def rules(self, guild_id: int, fetch: RuleFetcher) -> list[KeywordRule] | None:
-        """The server's keyword rules (cached for `ttl` seconds); None when the bot may not read them."""
+        """The server's keyword rules (cached for `ttl` seconds); None when the bot may not read them.
+
+        One read at a time per server: the checks that find the cache empty or stale while a read is in
+        flight wait for that read instead of each asking Discord (a burst of /imagine would otherwise send
+        one request per command, past Discord's 50 a second). Shielded: a cancelled caller does not cut
+        the read the others wait for."""
         cached = self._cache.get(guild_id)
-        if cached is None or self._clock() - cached.fetched_at > self._ttl:
-            try:
-                payload = await fetch()
-            except RulesUnavailableError:
-                log.warning("AutoMod rules of guild %s unavailable; this prompt is checked without them", guild_id)
-                return [] if cached is None else cached.rules
-            cached = _Cached(self._clock(), None if payload is None else parse_rules(payload))
+        if cached is not None and self._clock() - cached.fetched_at <= self._ttl:
+            return cached.rules
+        task = self._fetching.get(guild_id)
+        if task is None:
+            task = asyncio.ensure_future(self._read(guild_id, fetch, cached))
+            self._fetching[guild_id] = task
+            task.add_done_callback(lambda done: self._done_reading(guild_id, done))
+        return await asyncio.shield(task)
+
+    async def _read(self, guild_id: int, fetch: RuleFetcher, stale: _Cached | None) -> list[KeywordRule] | None:
+        generation = self._generation.get(guild_id, 0)
+        try:
+            payload = await fetch()
+        except RulesUnavailableError:
+            log.warning("AutoMod rules of guild %s unavailable; this prompt is checked without them", guild_id)
+            return [] if stale is None else stale.rules
+        cached = _Cached(self._clock(), None if payload is None else parse_rules(payload))
+        if self._generation.get(guild_id, 0) == generation:
             self._cache[guild_id] = cached
         return cached.rules
+
+    def _done_reading(self, guild_id: int, task: asyncio.Task[list[KeywordRule] | None]) -> None:
+        if self._fetching.get(guild_id) is task:
+            del self._fetching[guild_id]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure reaches the waiting callers, not the loop's log
 
     async def check(
         self,
@@ -80,5 +105,7 @@ class AutoModChecker:
         return "no_permission" if cached.rules is None else "active"
 
     def forget(self, guild_id: int) -> None:
-        """Drop the cached rules, so the next check reads them again."""
+        """Drop the cached rules, so the next check reads them again (and a read in flight is not kept)."""
         self._cache.pop(guild_id, None)
+        self._fetching.pop(guild_id, None)
+        self._generation[guild_id] = self._generation.get(guild_id, 0) + 1
