@@ -608,6 +608,37 @@ async def test_a_cancel_from_another_process_is_seen_by_the_running_job_on_its_n
     assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
 
 
+async def test_a_cancel_flag_seen_by_the_lease_loop_while_the_job_settles_its_own_cancel_is_ignored(
+    start_core: Callable[..., Any], gateway: FakeGateway
+) -> None:
+    """The job saw the cancel flag at its step and is settling; the lease loop sees the same flag in that
+    moment. Interrupting the task then cut the settlement and the member's "Cancelled" (the job stayed
+    active, the reply kept its last progress)."""
+    settling, release = asyncio.Event(), asyncio.Event()
+    core = await start_core()
+    gateway.configure("xai/grok-imagine-image", completion_delay=3600)
+    job = await core.services.jobs.submit(new_job("xai/grok-imagine-image", price=20, mode="async"), [])
+    await gateway.wait_for_request(lambda r: r.kind == "POLL", timeout=10)
+    finish_job = core.store.finish_job
+
+    async def slow_finish(*args: Any, **kwargs: Any) -> Any:
+        settling.set()
+        await release.wait()  # the settlement's commit takes a moment
+        return await finish_job(*args, **kwargs)
+
+    core.store.finish_job = slow_finish
+    other = Services.build(core.settings, core.session, core.store).jobs  # another process: it only flags
+    await other.cancel(job.id, 100)
+    await asyncio.wait_for(settling.wait(), 10)  # seen at its next poll; now settling
+    await core.services.jobs._keep_leases()  # the lease loop's beat, which acts on cancel flags
+    release.set()
+    end = await core.presenter.wait_end(job.id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    final = await core.store.get_job(job.id)
+    assert final is not None and final.status == JobStatus.CANCELLED
+    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
+
+
 async def test_more_images_than_asked_are_neither_posted_nor_charged(
     start_core: Callable[..., Any], gateway: FakeGateway
 ) -> None:

@@ -161,6 +161,9 @@ class JobService:
         self._stopping = False
         self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
+        # Jobs whose task is past its last step (settling, telling the member, or leaving the job to
+        # another process): a cancel flag seen now must not interrupt that, it is already the end.
+        self._ending: set[str] = set()
         self._delivering: set[str] = set()  # posting images: a member's cancel no longer interrupts
         # Roles as submitted, for the job's life: a delivery asks Discord only for a job resumed here.
         self._roles = MemberRoles(ttl=member_roles_ttl, clock=time.monotonic)
@@ -512,6 +515,8 @@ class JobService:
         task = self._tasks.get(job_id)
         if task is None or task.done() or job_id in self._delivering or job_id in self._cancelled_by_member:
             return
+        if job_id in self._ending:
+            return  # it saw the cancel itself (or ended otherwise) and is settling: cutting that would lose it
         log.info("job id=%s: cancel requested elsewhere; stopping it", job_id)
         self._cancelled_by_member.add(job_id)
         task.cancel()
@@ -591,9 +596,11 @@ class JobService:
             await reporter.close()
             await self._deliver(job, images, completed_at)
         except LeaseLostError:
+            self._ending.add(job.id)
             await reporter.close()
             log.warning("job id=%s is owned by another process now; leaving it to that one", job.id)
         except asyncio.CancelledError:
+            self._ending.add(job.id)
             await reporter.close()
             if job.id in self._cancelled_by_member:
                 self._cancelled_by_member.discard(job.id)
@@ -601,18 +608,22 @@ class JobService:
                 return
             raise  # shutdown: the job stays as stored and is resumed on the next start
         except JobCancelledError as error:
+            self._ending.add(job.id)
             await reporter.close()
             log.info("job cancelled id=%s (seen on its next step)", job.id)
             await self._settle_failure(job, error, status=JobStatus.CANCELLED)
         except BotError as error:
+            self._ending.add(job.id)
             await reporter.close()
             log.info("job failed id=%s model=%s error=%s", job.id, job.model, type(error).__name__)
             await self._settle_failure(job, error)
         except Exception as error:
+            self._ending.add(job.id)
             await reporter.close()
             log.exception("job crashed id=%s", job.id)
             await self._settle_failure(job, BotError(type(error).__name__))
         finally:
+            self._ending.discard(job.id)
             self._reporters.pop(job.id, None)
             self._delivering.discard(job.id)
             self._polls.pop(job.id, None)
