@@ -189,6 +189,15 @@ async def entries(store: Store, job_id: str) -> dict[EntryKind, int]:
     return totals
 
 
+async def assert_cancelled_and_released(core: Any, job_id: str, amount: int) -> None:
+    """The member was told "cancelled", the job is CANCELLED, and its whole hold went back."""
+    end = await core.presenter.wait_end(job_id)
+    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    final = await core.store.get_job(job_id)
+    assert final is not None and final.status == JobStatus.CANCELLED
+    assert await entries(core.store, job_id) == {EntryKind.HOLD: amount, EntryKind.RELEASE: amount}
+
+
 async def test_sync_job_is_delivered_and_charged_exactly(start_core: Callable[..., Any]) -> None:
     core = await start_core()
     job = await core.services.jobs.submit(new_job(count=2, params={"number_of_images": 2}), [])
@@ -581,12 +590,8 @@ async def test_a_cancel_racing_the_dispatchers_claim_never_reaches_the_gateway(
     await asyncio.wait_for(claimed.wait(), 10)
     await core.services.jobs.cancel(job.id, 100)  # read the row as claimed; no task here yet
     release.set()
-    end = await core.presenter.wait_end(job.id)
-    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
+    await assert_cancelled_and_released(core, job.id, 39)
     assert gateway.posts == [], "a cancelled job never reaches the gateway"
-    final = await core.store.get_job(job.id)
-    assert final is not None and final.status == JobStatus.CANCELLED
-    assert await entries(core.store, job.id) == {EntryKind.HOLD: 39, EntryKind.RELEASE: 39}
     assert len(core.presenter.of("failure", job.id)) == 1, "told once"
 
 
@@ -601,11 +606,7 @@ async def test_a_cancel_from_another_process_is_seen_by_the_running_job_on_its_n
     other = Services.build(core.settings, core.session, core.store).jobs
     flagged = await other.cancel(job.id, 100)
     assert flagged.cancel_requested and not flagged.is_terminal
-    end = await core.presenter.wait_end(job.id)
-    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
-    final = await core.store.get_job(job.id)
-    assert final is not None and final.status == JobStatus.CANCELLED
-    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
+    await assert_cancelled_and_released(core, job.id, 20)
 
 
 async def test_a_cancel_flag_seen_by_the_lease_loop_while_the_job_settles_its_own_cancel_is_ignored(
@@ -632,11 +633,7 @@ async def test_a_cancel_flag_seen_by_the_lease_loop_while_the_job_settles_its_ow
     await asyncio.wait_for(settling.wait(), 10)  # seen at its next poll; now settling
     await core.services.jobs._keep_leases()  # the lease loop's beat, which acts on cancel flags
     release.set()
-    end = await core.presenter.wait_end(job.id)
-    assert end.kind == "failure" and end.payload.message_key == "error.cancelled"
-    final = await core.store.get_job(job.id)
-    assert final is not None and final.status == JobStatus.CANCELLED
-    assert await entries(core.store, job.id) == {EntryKind.HOLD: 20, EntryKind.RELEASE: 20}
+    await assert_cancelled_and_released(core, job.id, 20)
 
 
 async def test_more_images_than_asked_are_neither_posted_nor_charged(

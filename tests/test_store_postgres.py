@@ -100,7 +100,7 @@ async def test_a_hold_in_one_trip_stores_every_value_exactly(pg_schema: str) -> 
     assert stored.spoiler is True and stored.hold_amount == 5
 
 
-async def test_holds_and_settlements_arriving_together_share_one_transaction(pg_schema: str) -> None:
+async def test_holds_and_settlements_arriving_together_go_as_one_batch(pg_schema: str) -> None:
     """Group commit: holds (and settlements) in flight together go to the database as one batch, each
     hold's guard checked after the holds before it: at a member's edge exactly the holds that fit go in,
     and the rest are refused with the true figures."""

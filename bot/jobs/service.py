@@ -161,9 +161,7 @@ class JobService:
         self._stopping = False
         self._started = asyncio.Event()
         self._cancelled_by_member: set[str] = set()
-        # Jobs whose task is past its last step (settling, telling the member, or leaving the job to
-        # another process): a cancel flag seen now must not interrupt that, it is already the end.
-        self._ending: set[str] = set()
+        self._ending: set[str] = set()  # past their steps (see `_steps`): a cancel flag no longer cuts them
         self._delivering: set[str] = set()  # posting images: a member's cancel no longer interrupts
         # Roles as submitted, for the job's life: a delivery asks Discord only for a job resumed here.
         self._roles = MemberRoles(ttl=member_roles_ttl, clock=time.monotonic)
@@ -592,15 +590,11 @@ class JobService:
         set_job_context(job.id, job.guild_id, job.model)  # this task is the job's: every line carries it
         reporter = self._reporter(job)
         try:
-            images, completed_at = await self._obtain_images(job, reporter, resume=resume)
-            await reporter.close()
-            await self._deliver(job, images, completed_at)
+            await self._steps(job, reporter, resume=resume)
         except LeaseLostError:
-            self._ending.add(job.id)
             await reporter.close()
             log.warning("job id=%s is owned by another process now; leaving it to that one", job.id)
         except asyncio.CancelledError:
-            self._ending.add(job.id)
             await reporter.close()
             if job.id in self._cancelled_by_member:
                 self._cancelled_by_member.discard(job.id)
@@ -608,17 +602,14 @@ class JobService:
                 return
             raise  # shutdown: the job stays as stored and is resumed on the next start
         except JobCancelledError as error:
-            self._ending.add(job.id)
             await reporter.close()
             log.info("job cancelled id=%s (seen on its next step)", job.id)
             await self._settle_failure(job, error, status=JobStatus.CANCELLED)
         except BotError as error:
-            self._ending.add(job.id)
             await reporter.close()
             log.info("job failed id=%s model=%s error=%s", job.id, job.model, type(error).__name__)
             await self._settle_failure(job, error)
         except Exception as error:
-            self._ending.add(job.id)
             await reporter.close()
             log.exception("job crashed id=%s", job.id)
             await self._settle_failure(job, BotError(type(error).__name__))
@@ -629,6 +620,17 @@ class JobService:
             self._polls.pop(job.id, None)
             self._roles.forget(job.id)
             await self._learn(job)
+
+    async def _steps(self, job: JobRecord, reporter: ProgressReporter, *, resume: bool) -> None:
+        """The job's steps: its images, then their delivery. However they end, the job is ending from
+        then on (settling, telling the member, or leaving it to another process): a cancel flag seen by the
+        lease loop must not cut that (`_interrupt_for_cancel`)."""
+        try:
+            images, completed_at = await self._obtain_images(job, reporter, resume=resume)
+            await reporter.close()
+            await self._deliver(job, images, completed_at)
+        finally:
+            self._ending.add(job.id)
 
     async def _learn(self, job: JobRecord) -> None:
         """Record how long the job's generation took, for the poll planner, once the job is over.

@@ -120,7 +120,7 @@ class _Function:
     types: tuple[str, ...]  # its parameter types, in order (the statements' own, as PostgreSQL inferred them)
     names: tuple[tuple[str, ...], ...]  # the named parameters of each statement it is made of, in `$n` order
     fixed: tuple[str, ...] = ()  # the types of its leading parameters, given to the first call only
-    order: tuple[str, str] = ("", "")  # a join and the keys to call it in that order over a batch (`_call_laterally`)
+    order: str = ""  # a sort key over its arguments (`u.a1` …) to call it in over a batch (`_call_laterally`)
 
     def arguments_of(self, *values: Mapping[str, Any]) -> list[Any]:
         """Its arguments, from each statement's named values."""
@@ -136,12 +136,29 @@ class _HoldCall:
     arguments: list[Any]
 
 
+async def _parameter_types(conn: asyncpg.Connection, text: str) -> list[str]:
+    """The types PostgreSQL infers for a numbered statement's parameters (one Parse on `conn`)."""
+    return [f"{t.schema}.{t.name}" for t in (await conn.prepare(text)).get_parameters()]
+
+
+def _numbered_rows(types: Sequence[str], alias: str) -> str:
+    """`unnest(...) WITH ORDINALITY AS alias(a1, …, batch_row)`: a batch's arguments, one array per
+    parameter (`$1` …), zipped back into numbered rows."""
+    arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(types, start=1))
+    columns = ", ".join(f"a{n}" for n in range(1, len(types) + 1))
+    return f"unnest({arrays}) WITH ORDINALITY AS {alias}({columns}, batch_row)"
+
+
+def _columns(rows: Sequence[Sequence[Any]], count: int) -> list[list[Any]]:
+    """Rows of arguments as one list per parameter (what `_numbered_rows` unnests)."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in range(count)]
+
+
 async def _call_laterally(
     conn: asyncpg.Connection,
     function: _Function,
     rows: Sequence[Sequence[Any]],
     *,
-    order: tuple[str, str] = ("", ""),
     first: Sequence[Any] = (),
 ) -> dict[int, Any]:
     """Call `function` once per row of arguments, in order, in one statement; its result rows by the
@@ -150,34 +167,29 @@ async def _call_laterally(
     The arguments go as one array per parameter, zipped back into rows by `unnest … WITH ORDINALITY`;
     the function is called for each in a LATERAL join. It is VOLATILE, so each statement in it takes a
     fresh snapshot and sees what the calls before it in this transaction wrote: each guarded hold is
-    checked after the holds before it, as if they ran one after the other. `order`, a join on the
-    arguments `u.a1` … and sort keys over it, calls them in that order instead of the rows' (the sorted
+    checked after the holds before it, as if they ran one after the other. The function's `order`, a
+    sort key over the arguments `u.a1` …, calls them in that order instead of the rows' (the sorted
     subquery is fenced with OFFSET 0, so the lateral join calls the function row by row in its order).
     `first`: the values of the function's leading parameters (its `fixed` ones) for the first call; the
     other calls get them empty (a hold function: the batch's locks, taken once, before the first hold).
     """
     count = len(function.types)
-    columns = ", ".join(f"a{n}" for n in range(1, count + 1))
-    arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(function.types, start=1))
     leading = [
         f"CASE WHEN o.batch_row = 1 THEN ${count + n}::{kind} ELSE '{{}}'::{kind} END"
         for n, kind in enumerate(function.fixed, start=1)
     ]
     arguments = ", ".join(leading + [f"o.a{n}" for n in range(1, count + 1)])
-    rows_in_order = f"unnest({arrays}) WITH ORDINALITY AS o({columns}, batch_row)"
-    join, keys = order
-    if keys:
+    rows_in_order = _numbered_rows(function.types, "o")
+    if function.order:
         rows_in_order = (
-            f"(SELECT u.* FROM unnest({arrays}) WITH ORDINALITY AS u({columns}, batch_row) {join}"
-            f" ORDER BY {keys}, batch_row OFFSET 0) AS o"
+            f"(SELECT * FROM {_numbered_rows(function.types, 'u')} ORDER BY {function.order}, batch_row OFFSET 0) AS o"
         )
     statement = (
         f"SELECT o.batch_row, f.* FROM {rows_in_order}"
         f" CROSS JOIN LATERAL pg_temp.{function.name}({arguments}) AS f ORDER BY o.batch_row"
     )
-    columns_of_rows = [list(column) for column in zip(*rows, strict=True)] if rows else [[] for _ in function.types]
     leading_values = list(first) if first else [[] for _ in function.fixed]
-    return {row["batch_row"]: row for row in await conn.fetch(statement, *columns_of_rows, *leading_values)}
+    return {row["batch_row"]: row for row in await conn.fetch(statement, *_columns(rows, count), *leading_values)}
 
 
 async def _first_use(conn: asyncpg.Connection, function: _Function, call: Callable[[], Awaitable[T]]) -> T:
@@ -335,15 +347,12 @@ class PostgresStore(SqlStore):
                 text, names = sql.to_numbered(statement)
                 types = self._read_types.get(text)
                 if types is None:
-                    types = tuple(f"{t.schema}.{t.name}" for t in (await conn.prepare(text)).get_parameters())
-                    self._read_types[text] = types
-                arrays = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(types, start=1))
-                columns = ", ".join(f"a{n}" for n in range(1, len(types) + 1))
+                    types = self._read_types[text] = tuple(await _parameter_types(conn, text))
                 per_row = _NUMBERED.sub(lambda m: f"o.a{m.group(1)}", text)
                 found = await conn.fetch(
-                    f"SELECT o.batch_row, r.* FROM unnest({arrays}) WITH ORDINALITY AS o({columns}, batch_row)"
+                    f"SELECT o.batch_row, r.* FROM {_numbered_rows(types, 'o')}"
                     f" CROSS JOIN LATERAL ({per_row}) AS r ORDER BY o.batch_row",
-                    *([op.values[name] for op in ops] for name in names),
+                    *_columns([[op.values[name] for name in names] for op in ops], len(types)),
                 )
                 for op in ops:
                     outcome[id(op)] = []
@@ -416,7 +425,7 @@ class PostgresStore(SqlStore):
             if finishes:
                 finish = await self._finish_function()
                 arguments = [finish.arguments_of(op.values) for op in finishes]
-                call = functools.partial(_call_laterally, conn, finish, arguments, order=finish.order)
+                call = functools.partial(_call_laterally, conn, finish, arguments)
                 rows = await _first_use(conn, finish, call)
                 for n, op in enumerate(finishes, start=1):
                     outcome[id(op)] = rows.get(n)
@@ -444,8 +453,8 @@ class PostgresStore(SqlStore):
             hold_text, hold_names = sql.to_numbered(statement)
             figures_text, figure_names = sql.to_numbered(self.queries.limit_figures)
             async with self._conn_pool.acquire() as conn:
-                hold_types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(hold_text)).get_parameters()]
-                figure_types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(figures_text)).get_parameters()]
+                hold_types = await _parameter_types(conn, hold_text)
+                figure_types = await _parameter_types(conn, figures_text)
             name = "hold_" + hashlib.blake2b((hold_text + figures_text).encode(), digest_size=10).hexdigest()
             known = _Function(
                 name=name,
@@ -463,7 +472,7 @@ class PostgresStore(SqlStore):
         if known is None:
             text, names = sql.to_numbered(sql.FINISH_JOB)
             async with self._conn_pool.acquire() as conn:
-                types = [f"{t.schema}.{t.name}" for t in (await conn.prepare(text)).get_parameters()]
+                types = await _parameter_types(conn, text)
             name = "finish_" + hashlib.blake2b(text.encode(), digest_size=10).hexdigest()
             create = (
                 f"CREATE OR REPLACE FUNCTION pg_temp.{name}({', '.join(types)}) RETURNS SETOF jobs"
@@ -476,9 +485,8 @@ class PostgresStore(SqlStore):
             # slot, then member. The two orders still cross only for one member settling in two batches at
             # once, which the split resolves.
             job_of = (
-                "",
                 f"(SELECT ARRAY[guild_id, user_id % {GUILD_BUCKET_SLOTS}, user_id] FROM jobs"
-                f" WHERE id = u.a{names.index('id') + 1})",
+                f" WHERE id = u.a{names.index('id') + 1})"
             )
             known = _Function(name=name, create=create, types=tuple(types), names=(names,), order=job_of)
             self._functions[sql.FINISH_JOB] = known
